@@ -1,0 +1,81 @@
+"""The engine interface: "continue these N conversations until a stop string".
+
+Implementations (transformers, vLLM offline, any OpenAI-compatible server) render every conversation
+through the checkpoint's own chat template, so the same sample and profile give the same prompt tokens
+in every engine. A completion's text INCLUDES the stop string that ended it (engines whose backend drops
+it add it back), because the parser needs the closing tag.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from vretrver.protocol import Conversation
+from vretrver.tools import ToolConfig
+
+T = TypeVar("T")
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 1024
+    temperature: float = 0.0  # greedy by default (evaluation)
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=lambda: ["</tool_call>", "</answer>"])
+
+
+@dataclass
+class Completion:
+    text: str | None
+    error: str | None = None  # set when the engine gave up on this conversation
+    finish_reason: str | None = None  # "stop" | "length" | ...
+    n_prompt_tokens: int | None = None
+    n_completion_tokens: int | None = None
+
+
+class Engine(Protocol):
+    name: str
+    tool_config: ToolConfig  # resize settings and coordinate convention of the checkpoint's processor
+
+    def continue_conversations(self, conversations: list[Conversation], gen: GenerationConfig) -> list[Completion]:
+        """One assistant turn for each conversation, in order; failures come back as Completion.error."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class EngineError(RuntimeError):
+    pass
+
+
+def retry(
+    fn: Callable[[], T],
+    attempts: int = 3,
+    backoff: float = 1.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``fn``; on failure wait backoff * 2**i (with jitter) and try again, ``attempts`` times in all."""
+    for i in range(attempts):
+        try:
+            return fn()
+        except retry_on:
+            if i == attempts - 1:
+                raise
+            sleep(backoff * (2**i) * (1 + 0.25 * random.random()))
+    raise AssertionError("unreachable")
+
+
+def cut_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Cut ``text`` after the first stop string (kept); say whether one was found."""
+    best = None
+    for s in stop:
+        i = text.find(s)
+        if i >= 0 and (best is None or i + len(s) < best):
+            best = i + len(s)
+    return (text[:best], True) if best is not None else (text, False)

@@ -1,0 +1,191 @@
+"""One reranking conversation as a small state machine.
+
+Feed it the model's turns with :meth:`Episode.step`; it runs the tools, appends the observations to the
+conversation and ends with a final ranking (a full permutation of the candidate numbers). It counts
+valid and invalid tool calls and keeps the whole trajectory for the viewer and for SFT export.
+
+Rules (method.md section 2):
+
+* at most ``max_tool_calls`` tool calls (valid or not); a tool call after that ends the episode with no
+  answer;
+* a turn with neither a tool call nor an answer ends the episode with no answer;
+* an episode with no answer keeps the prior order of the candidates as its ranking;
+* the answer is normalised: duplicates and out-of-range numbers dropped, omitted candidates appended in
+  their prior order.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from vretrver.protocol import (
+    Conversation,
+    ParsedTurn,
+    build_conversation,
+    load_profile,
+    normalize_ranking,
+    observation_message,
+    parse_turn,
+)
+from vretrver.protocol.profile import Profile
+from vretrver.samples import Sample
+from vretrver.tools import ToolConfig, ToolResult, image_table, run_tool
+
+
+@dataclass
+class Turn:
+    role: str  # "assistant" | "tool"
+    text: str
+    parsed: ParsedTurn | None = None  # assistant turns
+    tool: ToolResult | None = None  # tool turns
+    images: list[Image.Image] = field(default_factory=list)  # images the tool returned
+
+
+@dataclass
+class StepResult:
+    kind: str  # "observation" | "answer" | "ended"
+    parts: list[dict[str, Any]] = field(default_factory=list)  # the observation's message parts
+    images: list[Image.Image] = field(default_factory=list)
+
+
+class Episode:
+    """A reranking conversation over ``sample.candidates`` (numbered 1..K in their current order)."""
+
+    def __init__(
+        self,
+        sample: Sample,
+        profile: Profile | str = "v-retrver",
+        tool_config: ToolConfig | None = None,
+        max_tool_calls: int | None = None,
+    ):
+        self.sample = sample
+        self.profile = load_profile(profile)
+        self.tool_config = tool_config or ToolConfig()
+        self.max_tool_calls = self.profile.max_tool_calls if max_tool_calls is None else max_tool_calls
+        self.conversation: Conversation = build_conversation(
+            sample, self.profile, self.tool_config.coordinates, self.max_tool_calls
+        )
+        self.turns: list[Turn] = []
+        self.n_valid_calls = 0
+        self.n_invalid_calls = 0
+        self.answer: list[int] | None = None  # the model's answer, as parsed
+        self.ranking: list[int] | None = None  # the normalised permutation, once done
+        self.done = False
+        self.failed: str | None = None  # engine failure reason
+        self.end_reason: str | None = None
+        self._images = image_table(sample.image_paths())
+
+    @property
+    def k(self) -> int:
+        return len(self.sample.candidates)
+
+    @property
+    def n_tool_calls(self) -> int:
+        return self.n_valid_calls + self.n_invalid_calls
+
+    @property
+    def answered(self) -> bool:
+        return self.answer is not None
+
+    def _finish(self, reason: str) -> None:
+        self.done = True
+        self.end_reason = reason
+        self.ranking = normalize_ranking(self.answer, self.k)
+
+    def step(self, text: str) -> StepResult:
+        """Give the model's turn; get the observation to show next, or the end of the episode."""
+        if self.done:
+            raise RuntimeError("the episode has ended")
+        parsed = parse_turn(text)
+        self.turns.append(Turn("assistant", text, parsed=parsed))
+        self.conversation.add_assistant(text)
+        if parsed.kind == "answer":
+            self.answer = parsed.answer
+            self._finish("answer")
+            return StepResult("answer")
+        if parsed.kind == "malformed":
+            self._finish("malformed turn: " + (parsed.reason or ""))
+            return StepResult("ended")
+        if not self.profile.uses_tools or self.n_tool_calls >= self.max_tool_calls:
+            self._finish("tool call beyond the budget")
+            return StepResult("ended")
+        result = run_tool(parsed.tool_call, self._images, self.tool_config, self.profile.tools)
+        if result.valid:
+            self.n_valid_calls += 1
+        else:
+            self.n_invalid_calls += 1
+        parts, shown = observation_message(self.profile, result.tool, result.indices, result.images, result.error)
+        self.conversation.add_user(parts, shown)
+        obs_text = "".join(p.get("text", "") if p["type"] == "text" else "<image>" for p in parts)
+        self.turns.append(Turn("tool", obs_text, tool=result, images=list(result.images)))
+        return StepResult("observation", parts, list(result.images))
+
+    def fail(self, reason: str) -> None:
+        """The engine could not produce a turn: the episode ends, marked failed, in prior order."""
+        self.failed = reason
+        self._finish("engine failure: " + reason)
+
+    # ------------------------------------------------------------------ records
+
+    def ranked_ids(self) -> list[str]:
+        order = self.ranking or list(range(1, self.k + 1))
+        return [self.sample.candidates[i - 1].id for i in order]
+
+    def to_record(self, image_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+        """A JSON-able trajectory; tool images are saved under ``image_dir`` (paths relative to it)."""
+        turns = []
+        for n, t in enumerate(self.turns):
+            row: dict[str, Any] = {"role": t.role, "text": t.text}
+            if t.parsed is not None:
+                p = asdict(t.parsed)
+                row["parsed"] = {k: p[k] for k in ("kind", "well_formed", "answer", "answer_is_int_list", "problems")}
+                if t.parsed.tool_call is not None:
+                    row["parsed"]["tool_call"] = {
+                        "name": t.parsed.tool_call.name,
+                        "arguments": t.parsed.tool_call.arguments,
+                        "error": t.parsed.tool_call.error,
+                    }
+            if t.tool is not None:
+                row["tool"] = {
+                    "name": t.tool.tool,
+                    "valid": t.tool.valid,
+                    "indices": t.tool.indices,
+                    "error": t.tool.error,
+                    "box": list(t.tool.box) if t.tool.box else None,
+                }
+                if image_dir is not None and t.images:
+                    folder = Path(image_dir)
+                    folder.mkdir(parents=True, exist_ok=True)
+                    names = []
+                    for j, img in enumerate(t.images):
+                        name = f"{_safe(self.sample.id)}_t{n}_{j}.png"
+                        img.save(folder / name)
+                        names.append(name)
+                    row["images"] = names
+            turns.append(row)
+        return {
+            "sample_id": self.sample.id,
+            "profile": self.profile.name,
+            "turns": turns,
+            "answer": self.answer,
+            "ranking": self.ranking,
+            "ranked_ids": self.ranked_ids(),
+            "n_valid_calls": self.n_valid_calls,
+            "n_invalid_calls": self.n_invalid_calls,
+            "end_reason": self.end_reason,
+            "failed": self.failed,
+        }
+
+
+def _safe(s: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)[:80]
+
+
+def dumps_record(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False)

@@ -1,0 +1,240 @@
+"""The two visual tools: ``select_images`` and ``crop_image``.
+
+Pure functions over the images of one sample: image index 0 is the query image, index k is candidate k's
+image. A tool returns a :class:`ToolResult` with images, or with a short error text; it never raises on
+model output, and model output never becomes a file path (only an index into the sample's own images).
+
+Crop coordinates follow the model family (:attr:`ToolConfig.coordinates`):
+
+* ``"qwen2.5-vl"``: absolute pixels of the image as the processor resized it (smart resize);
+* ``"qwen3-vl"``: relative coordinates from 0 to 1000;
+* either way, a box whose four values all lie in [0, 1] is read as normalised coordinates.
+
+The box is padded by 10 % of the image width / height on each side (at most 600 px), clamped to the image,
+cropped from the original image, and the crop is smart-resized to multiples of 28 px within
+[3136, 4,014,080] pixels; ``select_images`` returns whole images under the same bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from vretrver.protocol.conversation import ImageLike
+from vretrver.protocol.parser import ToolCall
+
+COORDINATES = ("qwen2.5-vl", "qwen3-vl")
+TOOL_NAMES = ("select_images", "crop_image")
+# Boxes may overshoot the image edge by this fraction before they count as outside it (then clamped).
+EDGE_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class ToolConfig:
+    coordinates: str = "qwen2.5-vl"
+    # How the processor resizes input images: what "pixels of the image as the model saw it" refers to.
+    factor: int = 28
+    min_pixels: int = 3136
+    max_pixels: int = 12845056
+    pad_fraction: float = 0.1
+    pad_max: int = 600
+    # Bounds of the images a tool returns.
+    out_factor: int = 28
+    out_min_pixels: int = 3136
+    out_max_pixels: int = 4014080
+    max_select: int = 4
+
+    def __post_init__(self) -> None:
+        if self.coordinates not in COORDINATES:
+            raise ValueError(f"ToolConfig.coordinates: expected one of {COORDINATES}, got {self.coordinates!r}")
+
+    @classmethod
+    def from_processor(cls, processor: Any, **overrides: Any) -> ToolConfig:
+        """Read the resize settings (and the coordinate convention) off a Hugging Face processor."""
+        ip = getattr(processor, "image_processor", processor)
+        factor = int(getattr(ip, "patch_size", 14)) * int(getattr(ip, "merge_size", 2))
+        size = getattr(ip, "size", None) or {}
+        min_px = getattr(ip, "min_pixels", None) or size.get("shortest_edge") or 3136
+        max_px = getattr(ip, "max_pixels", None) or size.get("longest_edge") or 12845056
+        family = type(processor).__name__.lower()
+        coords = "qwen3-vl" if "qwen3" in family else "qwen2.5-vl"
+        kw = dict(coordinates=coords, factor=factor, min_pixels=int(min_px), max_pixels=int(max_px))
+        kw.update(overrides)
+        return cls(**kw)
+
+
+@dataclass
+class ToolResult:
+    tool: str | None
+    valid: bool
+    images: list[Image.Image] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
+    error: str | None = None
+    # crop_image: the cropped region in original-image pixels (x1, y1, x2, y2), padding included.
+    box: tuple[int, int, int, int] | None = None
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen-VL's resize rule: sides that are multiples of ``factor``, area within [min, max] pixels."""
+    h = max(factor, round(height / factor) * factor)
+    w = max(factor, round(width / factor) * factor)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
+        h = max(factor, math.floor(height / beta / factor) * factor)
+        w = max(factor, math.floor(width / beta / factor) * factor)
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h = math.ceil(height * beta / factor) * factor
+        w = math.ceil(width * beta / factor) * factor
+    return h, w
+
+
+def load_image(x: ImageLike) -> Image.Image:
+    if isinstance(x, Image.Image):
+        return x.convert("RGB") if x.mode != "RGB" else x
+    with Image.open(x) as im:
+        return im.convert("RGB")
+
+
+def _resize_out(img: Image.Image, cfg: ToolConfig) -> Image.Image:
+    h, w = smart_resize(img.height, img.width, cfg.out_factor, cfg.out_min_pixels, cfg.out_max_pixels)
+    return img if (w, h) == img.size else img.resize((w, h), Image.BICUBIC)
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: Any) -> bool:
+    return (_is_int(x) or isinstance(x, float)) and math.isfinite(x)
+
+
+class _Images:
+    """Index -> image for one sample, loading each file once."""
+
+    def __init__(self, images: Sequence[ImageLike | None]):
+        self._src = list(images)
+        self._cache: dict[int, Image.Image] = {}
+
+    def get(self, idx: Any) -> tuple[Image.Image | None, str | None]:
+        if not _is_int(idx):
+            return None, f"image index must be an integer, got {str(idx)[:20]!r}"
+        if not 0 <= idx < len(self._src):
+            return None, f"image index {idx} is out of range (0 to {len(self._src) - 1})"
+        if self._src[idx] is None:
+            return None, "the query has no image" if idx == 0 else f"candidate {idx} has no image"
+        if idx not in self._cache:
+            try:
+                self._cache[idx] = load_image(self._src[idx])
+            except (OSError, ValueError):
+                return None, f"image {idx} could not be read"
+        return self._cache[idx], None
+
+
+def _error(tool: str | None, msg: str) -> ToolResult:
+    return ToolResult(tool=tool, valid=False, error=msg)
+
+
+def select_images(args: Any, images: Sequence[ImageLike | None] | _Images, cfg: ToolConfig) -> ToolResult:
+    imgs = images if isinstance(images, _Images) else _Images(images)
+    if not isinstance(args, dict) or "target_images" not in args:
+        return _error("select_images", "select_images needs 'target_images': a list of image indices")
+    targets = args["target_images"]
+    if _is_int(targets):
+        targets = [targets]
+    if not isinstance(targets, list) or not targets:
+        return _error("select_images", "'target_images' must be a non-empty list of image indices")
+    order: list[int] = []
+    for t in targets:
+        if not _is_int(t):
+            return _error("select_images", f"image index must be an integer, got {str(t)[:20]!r}")
+        if t not in order:
+            order.append(t)
+    if len(order) > cfg.max_select:
+        return _error("select_images", f"at most {cfg.max_select} images can be selected, got {len(order)}")
+    out = []
+    for t in order:
+        img, err = imgs.get(t)
+        if err:
+            return _error("select_images", err)
+        out.append(_resize_out(img, cfg))
+    return ToolResult(tool="select_images", valid=True, images=out, indices=order)
+
+
+def _box_to_pixels(box: list[float], w: int, h: int, cfg: ToolConfig) -> tuple[list[float] | None, str | None]:
+    """Map a model box to original-image pixels, or say why it cannot be used."""
+    if all(0.0 <= v <= 1.0 for v in box):
+        sx, sy, lim_x, lim_y = w, h, 1.0, 1.0
+    elif cfg.coordinates == "qwen3-vl":
+        sx, sy, lim_x, lim_y = w / 1000, h / 1000, 1000, 1000
+    else:
+        rh, rw = smart_resize(h, w, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+        sx, sy, lim_x, lim_y = w / rw, h / rh, rw, rh
+    x1, y1, x2, y2 = box
+    if min(box) < 0:
+        return None, "bbox_2d has negative coordinates"
+    if x2 <= x1 or y2 <= y1:
+        return None, "bbox_2d must be [x1, y1, x2, y2] with x1 < x2 and y1 < y2"
+    if x1 >= lim_x or y1 >= lim_y or x2 > lim_x * (1 + EDGE_TOLERANCE) or y2 > lim_y * (1 + EDGE_TOLERANCE):
+        return None, f"bbox_2d lies outside the image (width {lim_x:g}, height {lim_y:g})"
+    return [x1 * sx, y1 * sy, min(x2 * sx, w), min(y2 * sy, h)], None
+
+
+def crop_image(args: Any, images: Sequence[ImageLike | None] | _Images, cfg: ToolConfig) -> ToolResult:
+    imgs = images if isinstance(images, _Images) else _Images(images)
+    if not isinstance(args, dict):
+        return _error("crop_image", "crop_image needs 'bbox_2d' and 'target_image'")
+    box = args.get("bbox_2d")
+    if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
+        return _error("crop_image", "'bbox_2d' must be a list of four numbers [x1, y1, x2, y2]")
+    if "target_image" not in args:
+        return _error("crop_image", "crop_image needs 'target_image': the index of the image to crop")
+    idx = args["target_image"]
+    img, err = imgs.get(idx)
+    if err:
+        return _error("crop_image", err)
+    w, h = img.size
+    px, err = _box_to_pixels([float(v) for v in box], w, h, cfg)
+    if err:
+        return _error("crop_image", err)
+    pad_x = min(cfg.pad_fraction * w, cfg.pad_max)
+    pad_y = min(cfg.pad_fraction * h, cfg.pad_max)
+    x1 = max(0, math.floor(px[0] - pad_x))
+    y1 = max(0, math.floor(px[1] - pad_y))
+    x2 = min(w, math.ceil(px[2] + pad_x))
+    y2 = min(h, math.ceil(px[3] + pad_y))
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        return _error("crop_image", "bbox_2d selects an empty region")
+    if max(x2 - x1, y2 - y1) / min(x2 - x1, y2 - y1) > 200:
+        return _error("crop_image", "bbox_2d is too thin (aspect ratio above 200)")
+    crop = _resize_out(img.crop((x1, y1, x2, y2)), cfg)
+    return ToolResult(tool="crop_image", valid=True, images=[crop], indices=[idx], box=(x1, y1, x2, y2))
+
+
+_TOOLS = {"select_images": select_images, "crop_image": crop_image}
+
+
+def run_tool(
+    call: ToolCall,
+    images: Sequence[ImageLike | None] | _Images,
+    cfg: ToolConfig,
+    allowed: Sequence[str] = TOOL_NAMES,
+) -> ToolResult:
+    """Execute a parsed tool call; every problem becomes an invalid result with an error text."""
+    if call.error:
+        return _error(call.name, call.error)
+    if call.name not in allowed or call.name not in _TOOLS:
+        return _error(call.name, f"unknown tool {str(call.name)[:40]!r}: available tools are {', '.join(allowed)}")
+    try:
+        return _TOOLS[call.name](call.arguments, images, cfg)
+    except Exception as e:  # a tool must never take the harness down; report it as an invalid call
+        return _error(call.name, f"the tool failed: {type(e).__name__}")
+
+
+def image_table(images: Sequence[ImageLike | None]) -> _Images:
+    """A loader over one sample's images (index 0 query, k candidate k), shared by several calls."""
+    return _Images(images)
