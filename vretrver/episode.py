@@ -120,7 +120,9 @@ class Episode:
             self.n_valid_calls += 1
         else:
             self.n_invalid_calls += 1
-        parts, shown = observation_message(self.profile, result.tool, result.indices, result.images, result.error)
+        parts, shown = observation_message(
+            self.profile, result.tool, result.indices, result.images, result.error
+        )
         self.conversation.add_user(parts, shown)
         obs_text = "".join(p.get("text", "") if p["type"] == "text" else "<image>" for p in parts)
         self.turns.append(Turn("tool", obs_text, tool=result, images=list(result.images)))
@@ -144,7 +146,9 @@ class Episode:
             row: dict[str, Any] = {"role": t.role, "text": t.text}
             if t.parsed is not None:
                 p = asdict(t.parsed)
-                row["parsed"] = {k: p[k] for k in ("kind", "well_formed", "answer", "answer_is_int_list", "problems")}
+                row["parsed"] = {
+                    k: p[k] for k in ("kind", "well_formed", "answer", "answer_is_int_list", "problems")
+                }
                 if t.parsed.tool_call is not None:
                     row["parsed"]["tool_call"] = {
                         "name": t.parsed.tool_call.name,
@@ -164,7 +168,9 @@ class Episode:
                     folder.mkdir(parents=True, exist_ok=True)
                     names = []
                     for j, img in enumerate(t.images):
-                        name = f"{_safe(self.sample.id)}_t{n}_{j}.png"
+                        name = (
+                            f"{_safe(self.sample.id)}_w{self.sample.meta.get('window_start', 0)}_t{n}_{j}.png"
+                        )
                         img.save(folder / name)
                         names.append(name)
                     row["images"] = names

@@ -44,7 +44,9 @@ def run_episodes(
     profile = load_profile(profile)
     gen = gen or GenerationConfig(stop=list(profile.stop))
     episodes = [Episode(s, profile, engine.tool_config, max_tool_calls) for s in samples]
-    bar = tqdm(total=len(episodes), desc=progress if isinstance(progress, str) else "episodes", disable=not progress)
+    bar = tqdm(
+        total=len(episodes), desc=progress if isinstance(progress, str) else "episodes", disable=not progress
+    )
     while True:
         live = [e for e in episodes if not e.done]
         if not live:
@@ -125,6 +127,7 @@ def rerank_windows(
             lists[i][start : start + len(window)] = [window[n - 1] for n in ep.ranking]
             episodes[i].append(ep)
     return [
-        WindowedResult(s.id, [c.id for c in cands], eps)
+        # Candidates past the top-N keep their first-stage order behind the reranked ones.
+        WindowedResult(s.id, [c.id for c in cands] + [c.id for c in s.candidates[cfg.top_n :]], eps)
         for s, cands, eps in zip(samples, lists, episodes, strict=True)
     ]

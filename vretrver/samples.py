@@ -100,9 +100,9 @@ def _jsonable(x: Any) -> bool:
         return False
 
 
-def _opt_str(d: dict, key: str, where: str) -> str | None:
+def _opt_str(d: dict, key: str, where: str, prefix: str = "") -> str | None:
     v = d.get(key)
-    _expect(v is None or isinstance(v, str), where, key, "a string or null", v)
+    _expect(v is None or isinstance(v, str), where, prefix + key, "a string or null", v)
     return v or None
 
 
@@ -130,7 +130,9 @@ def _parse_sample(d: Any, where: str) -> Sample:
         images,
     )
     query = Query(
-        text=_opt_str(q, "text", where), images=list(images), instruction=_opt_str(q, "instruction", where)
+        text=_opt_str(q, "text", where, "query."),
+        images=list(images),
+        instruction=_opt_str(q, "instruction", where, "query."),
     )
     cands = d.get("candidates", [])
     _expect(isinstance(cands, list), where, "candidates", "a list", cands)
@@ -138,7 +140,13 @@ def _parse_sample(d: Any, where: str) -> Sample:
     ids = [c.id for c in candidates]
     _expect(len(set(ids)) == len(ids), where, "candidates", "unique candidate ids", ids)
     pos = d.get("positives", [])
-    _expect(isinstance(pos, list) and all(isinstance(p, str) for p in pos), where, "positives", "a list of ids", pos)
+    _expect(
+        isinstance(pos, list) and all(isinstance(p, str) for p in pos),
+        where,
+        "positives",
+        "a list of ids",
+        pos,
+    )
     meta = d.get("meta", {})
     _expect(isinstance(meta, dict), where, "meta", "an object", meta)
     for key in ("task", "dataset"):

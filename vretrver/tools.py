@@ -50,7 +50,9 @@ class ToolConfig:
 
     def __post_init__(self) -> None:
         if self.coordinates not in COORDINATES:
-            raise ValueError(f"ToolConfig.coordinates: expected one of {COORDINATES}, got {self.coordinates!r}")
+            raise ValueError(
+                f"ToolConfig.coordinates: expected one of {COORDINATES}, got {self.coordinates!r}"
+            )
 
     @classmethod
     def from_processor(cls, processor: Any, **overrides: Any) -> ToolConfig:
@@ -110,7 +112,12 @@ def _is_int(x: Any) -> bool:
 
 
 def _is_number(x: Any) -> bool:
-    return (_is_int(x) or isinstance(x, float)) and math.isfinite(x)
+    if not (_is_int(x) or isinstance(x, float)):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:  # an int beyond the float range
+        return False
 
 
 class _Images:
@@ -130,7 +137,7 @@ class _Images:
         if idx not in self._cache:
             try:
                 self._cache[idx] = load_image(self._src[idx])
-            except (OSError, ValueError):
+            except Exception:  # unreadable, truncated, or a decompression bomb: never the harness's end
                 return None, f"image {idx} could not be read"
         return self._cache[idx], None
 
@@ -165,7 +172,9 @@ def select_images(args: Any, images: Sequence[ImageLike | None] | _Images, cfg: 
     return ToolResult(tool="select_images", valid=True, images=out, indices=order)
 
 
-def _box_to_pixels(box: list[float], w: int, h: int, cfg: ToolConfig) -> tuple[list[float] | None, str | None]:
+def _box_to_pixels(
+    box: list[float], w: int, h: int, cfg: ToolConfig
+) -> tuple[list[float] | None, str | None]:
     """Map a model box to original-image pixels, or say why it cannot be used."""
     if all(0.0 <= v <= 1.0 for v in box):
         sx, sy, lim_x, lim_y = w, h, 1.0, 1.0
@@ -228,7 +237,9 @@ def run_tool(
     if call.error:
         return _error(call.name, call.error)
     if call.name not in allowed or call.name not in _TOOLS:
-        return _error(call.name, f"unknown tool {str(call.name)[:40]!r}: available tools are {', '.join(allowed)}")
+        return _error(
+            call.name, f"unknown tool {str(call.name)[:40]!r}: available tools are {', '.join(allowed)}"
+        )
     try:
         return _TOOLS[call.name](call.arguments, images, cfg)
     except Exception as e:  # a tool must never take the harness down; report it as an invalid call

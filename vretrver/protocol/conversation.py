@@ -12,18 +12,19 @@ and in the RL rollout.
 
 from __future__ import annotations
 
+import re
+import secrets
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
+import jinja2
 from PIL import Image
 
-from vretrver.protocol.profile import Profile, load_profile
+from vretrver.protocol.profile import Profile, ProfileError, load_profile
 from vretrver.samples import Sample
 
 # An image is a file path until something loads it; tool results are already PIL images.
-ImageLike = Union[str, Image.Image]
-
-_MARK = "\x00img{}\x00"
+ImageLike = str | Image.Image
 
 
 @dataclass
@@ -45,15 +46,20 @@ class Conversation:
 def _render_parts(template, variables: dict[str, Any]) -> tuple[list[dict[str, Any]], list[ImageLike]]:
     """Render a template whose ``image(x)`` calls become image parts, in order."""
     images: list[ImageLike] = []
+    # A fresh random marker per render: sample text can never forge or break an image placeholder.
+    nonce = secrets.token_hex(8)
 
     def image(x: ImageLike) -> str:
         images.append(x)
-        return _MARK.format(len(images) - 1)
+        return f"\x00{nonce}:{len(images) - 1}\x00"
 
-    text = template.render(image=image, **variables)
+    try:
+        text = template.render(image=image, **variables)
+    except jinja2.TemplateError as e:
+        raise ProfileError(f"{template.filename}: template error: {e}") from None
     parts: list[dict[str, Any]] = []
-    pieces = text.split("\x00")
-    # pieces alternate: text, "img<n>", text, "img<n>", ...
+    # pieces alternate: text, image number, text, image number, ...
+    pieces = re.split(f"\x00{nonce}:(\\d+)\x00", text)
     for i, piece in enumerate(pieces):
         if i % 2 == 1:
             parts.append({"type": "image"})
@@ -63,7 +69,11 @@ def _render_parts(template, variables: dict[str, Any]) -> tuple[list[dict[str, A
 
 
 def system_prompt(profile: Profile, coordinates: str = "qwen2.5-vl") -> str:
-    return profile.templates["system"].render(tools=profile.tool_schemas(coordinates)).strip()
+    template = profile.templates["system"]
+    try:
+        return template.render(tools=profile.tool_schemas(coordinates)).strip()
+    except jinja2.TemplateError as e:
+        raise ProfileError(f"{template.filename}: template error: {e}") from None
 
 
 def build_conversation(
@@ -81,7 +91,8 @@ def build_conversation(
             "query": sample.query,
             "candidates": sample.candidates,
             "max_tool_calls": profile.max_tool_calls if max_tool_calls is None else max_tool_calls,
-            "example_ranking": ", ".join(str(i) for i in range(1, min(k, 3) + 1)) + (", ..." if k > 3 else ""),
+            "example_ranking": ", ".join(str(i) for i in range(1, min(k, 3) + 1))
+            + (", ..." if k > 3 else ""),
             "task": sample.task,
         },
     )

@@ -115,13 +115,13 @@ def parse_turn(text: str) -> ParsedTurn:
     well_formed = bool(STRICT.fullmatch(text))
 
     # The action follows the reasoning: tags the reasoning merely mentions are not the action.
-    pos = think_m.end() if think_m else 0
-    call_m = TOOL_CALL.search(text, pos)
-    ans_m = ANSWER.search(text, pos)
-    if pos and not call_m and not ans_m:  # an action written before the reasoning
-        pos = 0
-        call_m = TOOL_CALL.search(text)
-        ans_m = ANSWER.search(text)
+    lo, hi = (think_m.end() if think_m else 0), len(text)
+    call_m = TOOL_CALL.search(text, lo, hi)
+    ans_m = ANSWER.search(text, lo, hi)
+    if think_m and not call_m and not ans_m:  # an action written before the reasoning
+        lo, hi = 0, think_m.start()
+        call_m = TOOL_CALL.search(text, lo, hi)
+        ans_m = ANSWER.search(text, lo, hi)
     # The first action in the text wins; stop strings normally end the turn right after it.
     first = None
     if call_m and (not ans_m or call_m.start() < ans_m.start()):
@@ -130,9 +130,9 @@ def parse_turn(text: str) -> ParsedTurn:
         first = "answer"
     if call_m and ans_m:
         problems.append("both a tool call and an answer")
-    if len(TOOL_CALL.findall(text, pos)) > 1:
+    if len(TOOL_CALL.findall(text, lo, hi)) > 1:
         problems.append("more than one tool call")
-    if len(ANSWER.findall(text, pos)) > 1:
+    if len(ANSWER.findall(text, lo, hi)) > 1:
         problems.append("more than one answer")
 
     if first is None:
@@ -153,7 +153,11 @@ def parse_turn(text: str) -> ParsedTurn:
             problems.append(call.error)
         _explain(problems, well_formed)
         return ParsedTurn(
-            kind="tool_call", think=think, tool_call=call, well_formed=well_formed and not problems, problems=problems
+            kind="tool_call",
+            think=think,
+            tool_call=call,
+            well_formed=well_formed and not problems,
+            problems=problems,
         )
     numbers, strict = _parse_answer(m.group(1))
     if not strict:

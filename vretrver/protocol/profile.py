@@ -50,11 +50,23 @@ class Profile:
         """The function schemas shown in the system prompt (empty for a profile without tools)."""
         if not self.uses_tools:
             return []
-        text = self.templates["tools"].render(coordinate_hint=COORDINATE_HINTS.get(coordinates, ""))
-        schemas = json.loads(text)
-        names = [s["function"]["name"] for s in schemas]
+        where = self.folder / "tools.json"
+        try:
+            text = self.templates["tools"].render(coordinate_hint=COORDINATE_HINTS.get(coordinates, ""))
+            schemas = json.loads(text)
+            names = [s["function"]["name"] for s in schemas]
+        except jinja2.TemplateError as e:
+            raise ProfileError(f"{where}: template error: {e}") from None
+        except json.JSONDecodeError as e:
+            raise ProfileError(f"{where}:{e.lineno}: invalid JSON after rendering ({e.msg})") from None
+        except (TypeError, KeyError):
+            raise ProfileError(
+                f'{where}: expected a JSON list of {{"type": "function", "function": {{"name": ...}}}} schemas'
+            ) from None
         if names != self.tools:
-            raise ProfileError(f"{self.folder / 'tools.json'}: tools {names} do not match profile.json {self.tools}")
+            raise ProfileError(
+                f"{self.folder / 'tools.json'}: tools {names} do not match profile.json {self.tools}"
+            )
         return schemas
 
 
@@ -94,7 +106,7 @@ def _load(folder: str) -> Profile:
             templates[n] = env.get_template(fname)
         except jinja2.TemplateSyntaxError as e:
             raise ProfileError(f"{path / fname}:{e.lineno}: template error: {e.message}") from None
-    return Profile(
+    profile = Profile(
         name=meta.get("name", path.name),
         folder=path,
         tools=list(meta["tools"]),
@@ -104,6 +116,8 @@ def _load(folder: str) -> Profile:
         settings={k: v for k, v in meta.items() if k not in ("name", "tools", "max_tool_calls", "stop")},
         templates=templates,
     )
+    profile.tool_schemas()  # a broken tools.json fails here, when the profile is loaded
+    return profile
 
 
 def list_profiles() -> list[str]:
@@ -115,8 +129,11 @@ def load_profile(name_or_path: str | Path | Profile = DEFAULT_PROFILE) -> Profil
     if isinstance(name_or_path, Profile):
         return name_or_path
     p = Path(name_or_path)
-    if (PROFILES_DIR / str(name_or_path) / "profile.json").is_file():
+    # Only a bare name is a built-in: "./v-retrver" or "v-retrver/" is the user's own folder.
+    if str(name_or_path) in list_profiles():
         p = PROFILES_DIR / str(name_or_path)
     elif not p.is_dir():
-        raise ProfileError(f"unknown prompt profile {str(name_or_path)!r}: expected one of {list_profiles()} or a folder")
+        raise ProfileError(
+            f"unknown prompt profile {str(name_or_path)!r}: expected one of {list_profiles()} or a folder"
+        )
     return _load(str(p.resolve()))
