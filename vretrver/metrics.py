@@ -1,0 +1,199 @@
+"""Retrieval metrics as the papers compute them, and the paper's reference numbers.
+
+- Recall@k is UniIR's hit rate: 1 if ANY positive is among the top k, else 0, averaged over queries.
+- mAP@k is CIRCO's: AP@k = sum_{i<=k} P@i * rel_i / min(#positives, k), averaged over queries.
+
+All metrics are fractions in [0, 1]; :data:`PAPER_RESULTS` keeps the paper's percentages as printed.
+A query without positives cannot be scored: :func:`score_task` leaves it out and counts it
+(``n_no_positives``) instead of scoring it 0, and a query with no run at all scores 0 but is counted
+(``n_missing_run``) so a crashed or partial run shows up in the report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+# The 16 M-BEIR (query task, dataset) pairs in the order of every published table.
+MBEIR_TASKS: tuple[str, ...] = (
+    "visualnews_task0",
+    "mscoco_task0",
+    "fashion200k_task0",
+    "webqa_task1",
+    "edis_task2",
+    "webqa_task2",
+    "visualnews_task3",
+    "mscoco_task3",
+    "fashion200k_task3",
+    "nights_task4",
+    "oven_task6",
+    "infoseek_task6",
+    "fashioniq_task7",
+    "cirr_task7",
+    "oven_task8",
+    "infoseek_task8",
+)
+
+# The number each paper table reports per task; anything not listed reports R@5 (see paper_metric).
+PAPER_METRIC: dict[str, str] = {
+    **{t: "R@5" for t in MBEIR_TASKS},
+    "fashion200k_task0": "R@10",
+    "fashion200k_task3": "R@10",
+    "fashioniq_task7": "R@10",
+    "circo": "mAP@5",
+    "genecis": "R@1",  # and every genecis_<subtask>
+    "visdial": "R@1",
+    "vist": "R@1",
+    "mtfiq": "R@5",
+}
+
+# Paper numbers (percent, as printed) for the result tables. M-BEIR: local pools, top-50 reranked.
+PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
+    "mbeir": {
+        "V-Retrver-7B": {
+            "visualnews_task0": 51.8,
+            "mscoco_task0": 87.5,
+            "fashion200k_task0": 40.3,
+            "webqa_task1": 96.9,
+            "edis_task2": 82.9,
+            "webqa_task2": 90.2,
+            "visualnews_task3": 52.2,
+            "mscoco_task3": 94.8,
+            "fashion200k_task3": 37.8,
+            "nights_task4": 39.8,
+            "oven_task6": 69.8,
+            "infoseek_task6": 73.2,
+            "fashioniq_task7": 51.2,
+            "cirr_task7": 73.5,
+            "oven_task8": 87.8,
+            "infoseek_task8": 85.0,
+            "average": 69.7,
+        },
+        "LamRA-7B": {"average": 63.7},
+        "U-MARVEL-7B": {"average": 64.8},
+        "Qwen2.5-VL-7B": {"average": 46.7},
+    },
+    # Zero-shot sets, top-10 reranked; genecis is the mean over its four subtasks.
+    "zeroshot": {
+        "V-Retrver-7B": {"circo": 48.2, "genecis": 30.7, "visdial": 75.1, "vist": 31.2, "mtfiq": 68.3},
+    },
+    # Training-stage ablation: average over mscoco_task0, fashion200k_task3, cirr_task7, oven_task6.
+    "ablation": {
+        "base": {"average": 47.2},
+        "SFT": {"average": 59.4},
+        "SFT+RFT": {"average": 60.9},
+        "SFT+RL": {"average": 66.3},
+        "full": {"average": 67.2},
+        "RL with text-only reasoning (no tools)": {"average": 61.8},
+    },
+}
+
+
+def paper_metric(task_name: str) -> str:
+    """The metric the paper reports for a task (GeneCIS subtasks report R@1; unknown tasks R@5)."""
+    if task_name in PAPER_METRIC:
+        return PAPER_METRIC[task_name]
+    if task_name.startswith("genecis"):
+        return PAPER_METRIC["genecis"]
+    return "R@5"
+
+
+def _check(positives: Iterable[str], k: int) -> set[str]:
+    pos = set(positives)
+    if not pos:
+        raise ValueError("a query without positives cannot be scored; leave it out and count it")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return pos
+
+
+def recall_at_k(ranked: Sequence[str], positives: Iterable[str], k: int) -> float:
+    """UniIR hit rate: 1.0 if any positive is in the top k of ``ranked``, else 0.0."""
+    pos = _check(positives, k)
+    return 1.0 if any(d in pos for d in list(ranked)[:k]) else 0.0
+
+
+def average_precision_at_k(ranked: Sequence[str], positives: Iterable[str], k: int) -> float:
+    """CIRCO AP@k: sum over ranks i <= k of precision@i at each hit, divided by min(#positives, k)."""
+    pos = _check(positives, k)
+    hits, total, seen = 0, 0.0, set()
+    for i, d in enumerate(list(ranked)[:k], 1):
+        # A repeated id keeps its slot but earns nothing the second time.
+        if d in pos and d not in seen:
+            hits += 1
+            total += hits / i
+        seen.add(d)
+    return total / min(len(pos), k)
+
+
+@dataclass
+class TaskScore:
+    """Metrics of one task plus the counts a report must show next to them."""
+
+    metrics: dict[str, float]
+    n_scored: int  # queries that entered the averages
+    n_no_positives: int = 0  # queries (or runs) without any positive: left out, not scored 0
+    n_missing_run: int = 0  # judged queries with no ranking at all: scored 0
+    per_query: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+def score_task(
+    runs: Mapping[str, Sequence[str]],
+    positives: Mapping[str, Iterable[str]],
+    ks: Sequence[int] = (1, 5, 10),
+    map_ks: Sequence[int] = (),
+    keep_per_query: bool = False,
+) -> TaskScore:
+    """Score ranked lists against positives.
+
+    The judged queries are the keys of ``positives`` with at least one positive. Runs of queries that
+    have no positives (empty list, or absent from ``positives``) are counted in ``n_no_positives``.
+    With nothing to score every metric is NaN, so an average over it is NaN too rather than a false 0.
+    """
+    names = [f"R@{k}" for k in ks] + [f"mAP@{k}" for k in map_ks]
+    sums = dict.fromkeys(names, 0.0)
+    per_query: dict[str, dict[str, float]] = {}
+    n_scored = n_missing = 0
+    judged = {q: set(p) for q, p in positives.items()}
+    n_no_pos = sum(1 for p in judged.values() if not p)
+    n_no_pos += sum(1 for q in runs if q not in judged)
+    for qid, pos in judged.items():
+        if not pos:
+            continue
+        ranked = runs.get(qid)
+        if ranked is None:
+            n_missing += 1
+            ranked = []
+        row = {f"R@{k}": recall_at_k(ranked, pos, k) for k in ks}
+        row.update({f"mAP@{k}": average_precision_at_k(ranked, pos, k) for k in map_ks})
+        for name in names:
+            sums[name] += row[name]
+        if keep_per_query:
+            per_query[qid] = row
+        n_scored += 1
+    metrics = {n: (sums[n] / n_scored if n_scored else math.nan) for n in names}
+    return TaskScore(metrics, n_scored, n_no_pos, n_missing, per_query)
+
+
+def task_metrics(
+    runs: Mapping[str, Sequence[str]],
+    positives: Mapping[str, Iterable[str]],
+    ks: Sequence[int] = (1, 5, 10),
+    map_ks: Sequence[int] = (),
+) -> dict[str, float]:
+    """``{"R@1": ..., "R@5": ..., "mAP@5": ...}`` as fractions; see :func:`score_task` for the counts."""
+    return score_task(runs, positives, ks, map_ks).metrics
+
+
+def benchmark_average(per_task: Mapping[str, Mapping[str, float]]) -> float:
+    """Plain mean over tasks of each task's paper metric (the papers' "average" column)."""
+    if not per_task:
+        raise ValueError("no tasks to average")
+    values = []
+    for task, metrics in per_task.items():
+        name = paper_metric(task)
+        if name not in metrics:
+            raise KeyError(f"task {task!r} has no {name} (its paper metric); it has {sorted(metrics)}")
+        values.append(metrics[name])
+    return sum(values) / len(values)
