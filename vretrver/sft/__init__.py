@@ -1,0 +1,36 @@
+"""Training data for the SFT and RFT stages (method.md section 3).
+
+* :mod:`~vretrver.sft.hard_negatives`: rerank samples, the positive plus K-1 retriever hard negatives;
+* :mod:`~vretrver.sft.synthesis`: teacher synthesis and rejection sampling (episodes, filter, records);
+* :mod:`~vretrver.sft.filter`: the rule filter and per-task statistics;
+* :mod:`~vretrver.sft.records`: the trajectory record format shared with the LLaMA-Factory export;
+* :mod:`~vretrver.sft.coordinates`: crop-box conversion between model families;
+* :mod:`~vretrver.sft.scripted`: an engine that replays prepared turns (tests, dry runs).
+
+The export itself lives in :mod:`vretrver.integrations.llamafactory`.
+"""
+
+from vretrver.sft.filter import FilterConfig, format_stats, judge, summarize
+from vretrver.sft.hard_negatives import HardNegativeConfig, build_training_samples, make_sample
+from vretrver.sft.records import escape_placeholders, escape_sample, iter_records, read_records
+from vretrver.sft.scripted import ScriptedEngine, script_from_table
+from vretrver.sft.synthesis import SynthesisConfig, rejection_sample, synthesize
+
+__all__ = [
+    "FilterConfig",
+    "HardNegativeConfig",
+    "ScriptedEngine",
+    "SynthesisConfig",
+    "build_training_samples",
+    "escape_placeholders",
+    "escape_sample",
+    "format_stats",
+    "iter_records",
+    "judge",
+    "make_sample",
+    "read_records",
+    "rejection_sample",
+    "script_from_table",
+    "summarize",
+    "synthesize",
+]
