@@ -1,0 +1,25 @@
+"""The V-Retrver reward for verl: ``reward.custom_reward_function.path=EasyR1/reward_function/v_retrver.py``.
+
+Edit VARIANT / OVERRIDES here, or pass them per run as
+``+reward.custom_reward_function.reward_kwargs.variant=public`` (and any constant, e.g. ``...k_r=3``).
+Variants (vretrver.reward.VARIANTS): ``eapo`` (the paper's EAPO reward, default), ``public`` (the public
+training code's reward), ``text-only`` (the RL-without-tools ablation).
+
+The score uses the protocol's parser on each assistant turn and the tool counts the rollout recorded
+(``extra_info["vretrver_rollout"]``, written by the ``vretrver_agent`` agent loop). The returned dict holds
+the score and its terms (format, rank, tool, position, ...), which verl logs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vretrver.integrations.verl.reward import compute_score as _compute_score
+
+VARIANT = "eapo"
+OVERRIDES: dict[str, Any] = {}  # e.g. {"k_r": 5, "sigma": 1.0, "eta": 0.2, "rho": 0.1, "tau": 1}
+
+
+def compute_score(data_source, solution_str, ground_truth, extra_info=None, **kwargs):
+    settings = {"variant": VARIANT, **OVERRIDES, **kwargs}
+    return _compute_score(data_source, solution_str, ground_truth, extra_info, **settings)

@@ -1,0 +1,327 @@
+"""``vretrver_agent``: the multi-turn agent loop that plays our reranking protocol inside verl.
+
+verl's own ``ToolAgentLoop`` cannot apply our prompt exactly: it renders the chat template with
+``tools=`` (Qwen3-VL's template then adds a second tool block to our system prompt), sends tool results
+as ``tool`` messages (Qwen2.5-VL's template has no such role), and parses calls with its own parser.
+This loop instead follows :class:`vretrver.episode.Episode`, rule for rule:
+
+* the prompt is the parquet's conversation (our system prompt already declares the tools), rendered by
+  the checkpoint's chat template with no ``tools=`` argument, with the original images, as evaluation does;
+* each assistant turn is parsed by :func:`vretrver.protocol.parse_turn`; generation stops at
+  ``</tool_call>`` as the evaluation engines do, and the ``<|im_end|>`` the chat template closes the turn
+  with is added as context (loss mask 0);
+* an answer or a malformed turn ends the trajectory; a tool call beyond the budget (valid or not) ends it
+  with no answer; otherwise the tool runs (the verl tool classes of :mod:`.tools`, hence
+  :mod:`vretrver.tools`), and its result, rendered by the profile's observation template, comes back as
+  a user message with one image part per returned image;
+* observation tokens and the chat template's turn boundaries have loss mask 0; only tokens the model
+  generated have mask 1.
+
+What the rollout did is recorded in ``extra_fields["vretrver_rollout"]`` (the assistant turns as
+generated, valid / invalid tool-call counts, why it ended); verl hands it to the reward function as
+``extra_info["vretrver_rollout"]``, so the reward never re-derives tool counts from the text.
+
+Register it with ``actor_rollout_ref.rollout.agent.agent_loop_config_path`` pointing at a yaml holding
+``- {name: vretrver_agent, _target_: vretrver.integrations.verl.agent_loop.VRetrverAgentLoop}`` (extra keys
+are constructor settings, e.g. ``max_tool_calls: 2``), or by importing this module.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from uuid import uuid4
+
+from PIL import Image
+from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, ToolListWrap, register
+
+from vretrver.integrations.verl import AGENT_NAME, ROLLOUT_RECORD_KEY, SAMPLE_INFO_KEY
+from vretrver.protocol import ParsedTurn, load_profile, observation_message, parse_turn
+from vretrver.tools import ToolConfig, ToolResult, image_table, load_image, run_tool
+
+logger = logging.getLogger(__file__)
+logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
+
+TOOL_CALL_END = "</tool_call>"
+IM_END = "<|im_end|>"
+
+
+@dataclass
+class RolloutSpec:
+    """The per-sample settings the RL parquet carries in ``extra_info["vretrver"]``."""
+
+    profile: str
+    coordinates: str
+    max_tool_calls: int
+    num_candidates: int
+    image_map: list[int]
+
+    @classmethod
+    def from_extra_info(cls, extra_info: Any) -> RolloutSpec:
+        info = (extra_info or {}).get(SAMPLE_INFO_KEY) if isinstance(extra_info, dict) else None
+        if not isinstance(info, dict):
+            raise ValueError(
+                f"{AGENT_NAME}: extra_info has no '{SAMPLE_INFO_KEY}' settings; build the RL data with "
+                "`vretrver rl data build` (vretrver.integrations.verl.dataset)"
+            )
+        try:
+            return cls(
+                profile=str(info["profile"]),
+                coordinates=str(info["coordinates"]),
+                max_tool_calls=int(info["max_tool_calls"]),
+                num_candidates=int(info["num_candidates"]),
+                image_map=[int(p) for p in info["image_map"]],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{AGENT_NAME}: extra_info['{SAMPLE_INFO_KEY}'] is incomplete ({e!r})") from None
+
+
+def _single_token_id(tokenizer: Any, text: str) -> int | None:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return int(ids[0]) if len(ids) == 1 else None
+
+
+_PIL_LOCK = threading.Lock()
+
+
+def _load_part_image(part: dict[str, Any]) -> Any:
+    """A private, fully loaded RGB copy of a prompt image.
+
+    The rollouts of one prompt share its parts (verl repeats the batch by reference) and a PIL image opened
+    by the dataset decodes lazily, so images are decoded afresh from their bytes, or copied under a lock.
+    """
+    if part.get("bytes") is not None:
+        with Image.open(io.BytesIO(part["bytes"])) as im:
+            return im.convert("RGB")
+    src = part.get("image")
+    if src is None:
+        raise ValueError(f"{AGENT_NAME}: an image part of the prompt has no image")
+    if isinstance(src, Image.Image):
+        with _PIL_LOCK:
+            return src.convert("RGB") if src.mode != "RGB" else src.copy()
+    return load_image(src)
+
+
+def prompt_messages(raw_prompt: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[Any]]:
+    """The prompt as chat messages with loaded images (originals, not resized), and those images."""
+    messages: list[dict[str, Any]] = []
+    images: list[Any] = []
+    for m in raw_prompt:
+        content = m.get("content")
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "image":
+                    img = _load_part_image(part)
+                    images.append(img)
+                    parts.append({"type": "image", "image": img})
+                elif part.get("type") == "text":
+                    parts.append({"type": "text", "text": part.get("text", "")})
+                else:
+                    raise ValueError(f"{AGENT_NAME}: unsupported prompt part {part.get('type')!r}")
+            content = parts
+        messages.append({"role": m["role"], "content": content})
+    return messages, images
+
+
+@register(AGENT_NAME)
+class VRetrverAgentLoop(AgentLoopBase):
+    def __init__(
+        self,
+        *args: Any,
+        tools: ToolListWrap | None = None,
+        max_tool_calls: int | None = None,
+        stop_at_tool_call: bool = True,
+        **kwargs: Any,
+    ):
+        kwargs.pop("name", None)  # the registry entry's own name, passed along by hydra
+        super().__init__(*args, **kwargs)
+        self.tools = {t.name: t for t in (tools.tools if tools else [])}
+        self.max_tool_calls = max_tool_calls
+        self.response_length = self.rollout_config.response_length
+        self.im_end_id = _single_token_id(self.tokenizer, IM_END)
+        self.tool_call_end_id = _single_token_id(self.tokenizer, TOOL_CALL_END) if stop_at_tool_call else None
+        if stop_at_tool_call and self.tool_call_end_id is None:
+            logger.warning(
+                "%s is not one token for this tokenizer: tool-call turns end at EOS", TOOL_CALL_END
+            )
+        self.tool_config = (
+            ToolConfig.from_processor(self.processor) if self.processor is not None else ToolConfig()
+        )
+
+    async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
+        spec = RolloutSpec.from_extra_info(kwargs.get("extra_info"))
+        profile = load_profile(spec.profile)
+        budget = self.max_tool_calls if self.max_tool_calls is not None else spec.max_tool_calls
+        if profile.uses_tools and spec.coordinates != self.tool_config.coordinates:
+            raise ValueError(
+                f"{AGENT_NAME}: the RL data was built for {spec.coordinates} crop coordinates but the model's "
+                f"processor uses {self.tool_config.coordinates}; rebuild it with the matching --model-family"
+            )
+        allowed = [t for t in profile.tools if t in self.tools]
+        missing = [t for t in profile.tools if t not in self.tools]
+        if missing:
+            raise ValueError(
+                f"{AGENT_NAME}: profile {profile.name!r} uses tools {missing} that the tool config does not "
+                "load (actor_rollout_ref.rollout.multi_turn.tool_config_path)"
+            )
+        tools_kwargs = kwargs.get("tools_kwargs") or {}
+        messages, images = await self.loop.run_in_executor(None, prompt_messages, kwargs["raw_prompt"])
+        table = image_table([images[p] if 0 <= p < len(images) else None for p in spec.image_map])
+        timing = {"generate_sequences": 0.0, "tool_calls": 0.0}
+        request_id = uuid4().hex
+
+        prompt_ids = await self.ct_build_initial_tokens(messages, tools=None, images=images or None)
+        ids = list(prompt_ids)
+        mask: list[int] = []
+        logprobs: list[float] | None = None
+        all_images = list(images)
+        turns: list[str] = []
+        n_valid = n_invalid = n_observations = 0
+        end_reason = ""
+        extra_fields: dict[str, Any] = {}
+
+        L = self.response_length
+        while True:
+            remaining = L - len(mask)
+            if remaining <= 0:
+                end_reason = "response length"
+                break
+            # Cap the turn by what is left of the response budget, so the reward never scores text that
+            # is cut from the training sequence.
+            params = {**sampling_params, "max_tokens": remaining}
+            if self.tool_call_end_id is not None and profile.uses_tools:
+                stops = set(params.get("stop_token_ids") or []) | {self.tool_call_end_id}
+                params["stop_token_ids"] = sorted(stops)
+            t0 = time.perf_counter()
+            out = await self.server_manager.generate(
+                request_id=request_id, prompt_ids=ids, sampling_params=params, image_data=all_images or None
+            )
+            timing["generate_sequences"] += time.perf_counter() - t0
+            if not extra_fields:
+                extra_fields.update(out.extra_fields or {})
+            if out.log_probs and logprobs is None:
+                logprobs = [0.0] * len(mask)
+            merge, mask, new_logprobs = await self.ct_merge_assistant_token(
+                ids,
+                out.token_ids,
+                mask,
+                logprobs,
+                assistant_logprobs=out.log_probs if logprobs is not None else None,
+            )
+            ids = merge.token_ids
+            logprobs = new_logprobs if logprobs is not None else None
+
+            text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+            turns.append(text)
+            parsed: ParsedTurn = parse_turn(text)
+            if out.stop_reason == "aborted":
+                end_reason = "aborted"
+                break
+            if parsed.kind == "answer":
+                end_reason = "answer"
+                break
+            if parsed.kind == "malformed":
+                end_reason = "malformed turn: " + (parsed.reason or "")
+                break
+            if not profile.uses_tools or n_valid + n_invalid >= budget:
+                end_reason = "tool call beyond the budget"
+                break
+            if len(mask) >= L:
+                end_reason = "response length"
+                break
+
+            t0 = time.perf_counter()
+            result = await self._call_tool(parsed, table, tools_kwargs, allowed)
+            timing["tool_calls"] += time.perf_counter() - t0
+            if result.valid:
+                n_valid += 1
+            else:
+                n_invalid += 1
+            parts, shown = observation_message(
+                profile, result.tool, result.indices, result.images, result.error
+            )
+            it = iter(shown)
+            content = [
+                {"type": "image", "image": next(it)} if p["type"] == "image" else dict(p) for p in parts
+            ]
+
+            # The chat template closes an assistant turn with <|im_end|>; generation stopped before it.
+            if self.im_end_id is not None and (not ids or ids[-1] != self.im_end_id):
+                ids = ids + [self.im_end_id]
+                mask = mask + [0]
+                if logprobs is not None:
+                    logprobs = logprobs + [0.0]
+            messages.append({"role": "assistant", "content": text})
+            previous = list(messages)
+            messages.append({"role": "user", "content": content})
+            merge, new_mask, new_logprobs = await self.ct_merge_context_msg(
+                previous, messages, ids, mask, logprobs, tools=None
+            )
+            if len(new_mask) >= L:  # no room for the observation: the trajectory ends unanswered
+                end_reason = "response length"
+                break
+            ids, mask = merge.token_ids, new_mask
+            if logprobs is not None:
+                logprobs = new_logprobs
+            all_images.extend(shown)
+            n_observations += 1
+
+        n_response = len(mask)
+        response_ids = ids[len(ids) - n_response :]
+        prompt_ids = ids[: len(ids) - n_response]
+        extra_fields[ROLLOUT_RECORD_KEY] = {
+            "turns": turns,
+            "n_valid_calls": n_valid,
+            "n_invalid_calls": n_invalid,
+            "end_reason": end_reason,
+            "num_candidates": spec.num_candidates,
+            "truncated": n_response > L,
+        }
+        extra_fields.update({"turn_scores": [], "tool_rewards": []})
+        return AgentLoopOutput(
+            prompt_ids=prompt_ids,
+            response_ids=response_ids[:L],
+            response_mask=mask[:L],
+            response_logprobs=logprobs[:L] if logprobs else None,
+            multi_modal_data={"images": all_images} if all_images else {},
+            num_turns=1 + len(turns) + n_observations,  # the prompt, the model's turns, the observations
+            metrics=timing,
+            extra_fields=extra_fields,
+        )
+
+    async def _call_tool(
+        self, parsed: ParsedTurn, table: Any, tools_kwargs: dict[str, Any], allowed: list[str]
+    ) -> ToolResult:
+        call = parsed.tool_call
+        if call is None or call.error or call.name not in allowed:
+            # Unparsable or unknown: the same error texts the evaluation harness shows.
+            return run_tool(call, table, self.tool_config, allowed=allowed)
+        tool = self.tools[call.name]
+        create_kwargs = (tools_kwargs.get(call.name) or {}).get("create_kwargs") or {}
+        instance_id, _ = await tool.create(create_kwargs=create_kwargs)
+        try:
+            response, _, info = await tool.execute(
+                instance_id, call.arguments, images=table, tool_config=self.tool_config
+            )
+        except Exception as e:  # a tool must never take the rollout down
+            logger.warning("tool %s failed: %r", call.name, e)
+            return ToolResult(tool=call.name, valid=False, error=f"the tool failed: {type(e).__name__}")
+        finally:
+            await tool.release(instance_id)
+        if not isinstance(info, dict) or "valid" not in info:
+            raise TypeError(
+                f"{AGENT_NAME}: tool {call.name!r} is not a vretrver tool (no 'valid' in its metrics)"
+            )
+        return ToolResult(
+            tool=call.name,
+            valid=bool(info["valid"]),
+            images=list(response.image or []),
+            indices=list(info.get("indices") or []),
+            error=info.get("error"),
+        )
