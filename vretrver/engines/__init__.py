@@ -4,5 +4,15 @@ The implementations import their heavy libraries lazily: ``make_engine`` picks o
 """
 
 from vretrver.engines.base import Completion, Engine, EngineError, GenerationConfig, cut_at_stop, retry
+from vretrver.engines.factory import ENGINE_KINDS, make_engine
 
-__all__ = ["Completion", "Engine", "EngineError", "GenerationConfig", "cut_at_stop", "retry"]
+__all__ = [
+    "ENGINE_KINDS",
+    "Completion",
+    "Engine",
+    "EngineError",
+    "GenerationConfig",
+    "cut_at_stop",
+    "make_engine",
+    "retry",
+]

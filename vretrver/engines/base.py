@@ -42,7 +42,9 @@ class Engine(Protocol):
     name: str
     tool_config: ToolConfig  # resize settings and coordinate convention of the checkpoint's processor
 
-    def continue_conversations(self, conversations: list[Conversation], gen: GenerationConfig) -> list[Completion]:
+    def continue_conversations(
+        self, conversations: list[Conversation], gen: GenerationConfig
+    ) -> list[Completion]:
         """One assistant turn for each conversation, in order; failures come back as Completion.error."""
         ...
 
