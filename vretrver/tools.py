@@ -95,11 +95,23 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h, w
 
 
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB; transparent parts are drawn on white (a plain convert shows whatever colour hides under them)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
+    return im.convert("RGB")
+
+
 def load_image(x: ImageLike) -> Image.Image:
     if isinstance(x, Image.Image):
-        return x.convert("RGB") if x.mode != "RGB" else x
+        return to_rgb(x)
     with Image.open(x) as im:
-        return im.convert("RGB")
+        return to_rgb(im)
 
 
 def _resize_out(img: Image.Image, cfg: ToolConfig) -> Image.Image:
