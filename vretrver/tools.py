@@ -111,7 +111,8 @@ def load_image(x: ImageLike) -> Image.Image:
     if isinstance(x, Image.Image):
         return to_rgb(x)
     with Image.open(x) as im:
-        return to_rgb(im)
+        im.load()  # read the pixels before the file closes (to_rgb returns an RGB image as it is)
+        return im.copy() if im.mode == "RGB" else to_rgb(im)
 
 
 def _resize_out(img: Image.Image, cfg: ToolConfig) -> Image.Image:
