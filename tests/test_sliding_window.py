@@ -209,7 +209,10 @@ def test_top_n_and_window_settings():
     (res,) = rerank_windows([sample], engine, RerankConfig(top_n=40, window=10, stride=5))
     assert [len(w) for w in engine.seen] == [10] * 7  # starts 30, 25, ..., 0
     assert engine.seen[0] == [f"doc-{i}" for i in range(30, 40)]
-    assert len(res.ranked_ids) == 40  # only the top-N are reranked and returned
+    # The top-N are reranked; the rest follow in their first-stage order.
+    assert len(res.ranked_ids) == 60
+    assert res.ranked_ids[40:] == [f"doc-{i}" for i in range(40, 60)]
+    assert sorted(res.ranked_ids[:40]) == sorted(f"doc-{i}" for i in range(40))
 
 
 class FailingEngine(ScriptedEngine):
