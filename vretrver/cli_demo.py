@@ -10,7 +10,16 @@ import shlex
 import sys
 from pathlib import Path
 
-from vretrver.samples import Candidate, Query, Sample, SampleError, TaskData, write_jsonl, write_samples
+from vretrver.samples import (
+    Candidate,
+    Query,
+    Sample,
+    SampleError,
+    TaskData,
+    iter_jsonl,
+    write_jsonl,
+    write_samples,
+)
 
 DEFAULT_RERANKER = "V-Retrver/V-Retrver-7B"
 DEMO_LIMIT = 50  # queries per task
@@ -143,28 +152,21 @@ def _candidates_from_args(ns: argparse.Namespace) -> list[Candidate]:
     cands: list[Candidate] = []
     if ns.candidates_jsonl:
         base = Path(ns.candidates_jsonl).resolve().parent
-        with open(ns.candidates_jsonl, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{ns.candidates_jsonl}:{n}"
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SampleError(f"{where}: not valid JSON ({e.msg})") from None
-                if not isinstance(d, dict) or not isinstance(d.get("id", f"c{n}"), str):
-                    raise SampleError(f"{where}: field 'id': expected a string")
-                img = d.get("image")
-                if img is not None and not isinstance(img, str):
-                    raise SampleError(f"{where}: field 'image': expected a path")
-                if not (d.get("text") or img):
-                    raise SampleError(
-                        f"{where}: field 'text'/'image': expected a candidate with text or an image"
-                    )
-                img = img if img is None or os.path.isabs(img) else str(base / img)
-                if img is not None and not os.path.isfile(img):
-                    raise SampleError(f"{where}: field 'image': file not found: {img}")
-                cands.append(Candidate(d.get("id", f"c{n}"), d.get("text"), img))
+        for i, (where, d) in enumerate(iter_jsonl(ns.candidates_jsonl), 1):
+            cid = d.get("id", f"c{i}")
+            if not isinstance(cid, str) or not cid:
+                raise SampleError(f"{where}: field 'id': expected a non-empty string")
+            img = d.get("image")
+            if img is not None and not isinstance(img, str):
+                raise SampleError(f"{where}: field 'image': expected a path")
+            if not (d.get("text") or img):
+                raise SampleError(
+                    f"{where}: field 'text'/'image': expected a candidate with text or an image"
+                )
+            img = img if img is None or os.path.isabs(img) else str(base / img)
+            if img is not None and not os.path.isfile(img):
+                raise SampleError(f"{where}: field 'image': file not found: {img}")
+            cands.append(Candidate(cid, d.get("text"), img))
     paths = list(ns.candidates or [])
     if ns.candidates_dir:
         paths += sorted(

@@ -169,28 +169,44 @@ def read_samples(path: str | os.PathLike, resolve_images: bool = True) -> list[S
     return list(iter_samples(path, resolve_images))
 
 
+def iter_jsonl(
+    path: str | os.PathLike, allow_torn_tail: bool = False
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``("file:line", object)`` for each non-blank line of a jsonl file.
+
+    Invalid JSON or a line that is not an object raises :class:`SampleError` naming the line.
+    ``allow_torn_tail`` skips a half-written last line (an interrupted append: no final newline).
+    """
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines() if allow_torn_tail else f
+        last = len(lines) if allow_torn_tail else -1
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                if n == last and not line.endswith("\n"):
+                    return
+                raise SampleError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
+            _expect(isinstance(obj, dict), where, "<line>", "a JSON object", obj)
+            yield where, obj
+
+
 def iter_samples(path: str | os.PathLike, resolve_images: bool = True) -> Iterator[Sample]:
     """Read a sample jsonl; relative image paths resolve against the file's folder.
 
     A bad line raises :class:`SampleError` naming the file, the line number and the field.
     """
-    path = Path(path)
-    base = path.resolve().parent
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SampleError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            s = _parse_sample(d, where)
-            if resolve_images:
-                s.query.images = [_resolve(base, p) for p in s.query.images]
-                for c in s.candidates:
-                    c.image = _resolve(base, c.image) if c.image else None
-            yield s
+    base = Path(path).resolve().parent
+    for where, d in iter_jsonl(path):
+        s = _parse_sample(d, where)
+        if resolve_images:
+            s.query.images = [_resolve(base, p) for p in s.query.images]
+            for c in s.candidates:
+                c.image = _resolve(base, c.image) if c.image else None
+        yield s
 
 
 def _resolve(base: Path, p: str) -> str:

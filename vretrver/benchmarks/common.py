@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from vretrver.samples import SampleError
+from vretrver.samples import SampleError, iter_jsonl  # noqa: F401  (re-exported for the readers)
 
 
 class MissingDataError(FileNotFoundError):
@@ -44,22 +43,6 @@ def get_str(d: dict, key: str, where: str, optional: bool = False) -> str | None
     if not isinstance(v, str) or (not optional and not v.strip()):
         raise bad(where, key, "a string or null" if optional else "a non-empty string", v)
     return v.strip() or None
-
-
-def iter_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield ``("file:line", object)`` for each non-blank line; bad JSON raises SampleError there."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SampleError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(obj, dict):
-                raise bad(where, "<line>", "a JSON object", obj)
-            yield where, obj
 
 
 def load_json(path: Path) -> Any:

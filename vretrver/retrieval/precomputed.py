@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from vretrver.samples import Candidate, SampleError, TaskData
+from vretrver.samples import Candidate, SampleError, TaskData, iter_jsonl
 
 Ranked = dict[str, list[tuple[str, float]]]
 HIT_ID_KEYS = ("did", "candidate_id", "cand_id", "id")
@@ -68,36 +68,25 @@ def read_candidates_jsonl(
     path: str | os.PathLike, task: TaskData | None = None, top_n: int | None = None
 ) -> tuple[Ranked, PrecomputedStats]:
     rows: list[tuple[str, str, list[str], list[float] | None]] = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SampleError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(d, dict):
-                raise _fail(where, "<line>", "a JSON object", d)
-            qid = d.get("qid")
-            if not isinstance(qid, str) or not qid:
-                raise _fail(where, "qid", "a non-empty string", qid)
-            ranked = d.get("ranked")
-            if not isinstance(ranked, list) or not all(isinstance(x, str) and x for x in ranked):
-                raise _fail(where, "ranked", "a list of candidate id strings", ranked)
-            if len(set(ranked)) != len(ranked):
-                dup = next(x for i, x in enumerate(ranked) if x in ranked[:i])
-                raise _fail(where, "ranked", f'unique ids ("{dup}" repeats)')
-            scores = d.get("scores")
-            if scores is not None:
-                if not isinstance(scores, list) or not all(
-                    isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-                    for x in scores
-                ):
-                    raise _fail(where, "scores", "a list of finite numbers", scores)
-                if len(scores) != len(ranked):
-                    raise _fail(where, "scores", f"as many scores as ranked ids ({len(ranked)})", len(scores))
-            rows.append((where, qid, ranked, scores))
+    for where, d in iter_jsonl(path):
+        qid = d.get("qid")
+        if not isinstance(qid, str) or not qid:
+            raise _fail(where, "qid", "a non-empty string", qid)
+        ranked = d.get("ranked")
+        if not isinstance(ranked, list) or not all(isinstance(x, str) and x for x in ranked):
+            raise _fail(where, "ranked", "a list of candidate id strings", ranked)
+        if len(set(ranked)) != len(ranked):
+            dup = next(x for i, x in enumerate(ranked) if x in ranked[:i])
+            raise _fail(where, "ranked", f'unique ids ("{dup}" repeats)')
+        scores = d.get("scores")
+        if scores is not None:
+            if not isinstance(scores, list) or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in scores
+            ):
+                raise _fail(where, "scores", "a list of finite numbers", scores)
+            if len(scores) != len(ranked):
+                raise _fail(where, "scores", f"as many scores as ranked ids ({len(ranked)})", len(scores))
+        rows.append((where, qid, ranked, scores))
     return _collect(rows, task, top_n, str(path))
 
 

@@ -9,7 +9,6 @@ tools returned saved as files, and the filter's verdict.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vretrver.samples import Candidate, Query, Sample, SampleError
+from vretrver.samples import Candidate, Query, Sample, SampleError, iter_jsonl
 
 RECORD_VERSION = 1
 
@@ -128,27 +127,12 @@ def check_record(record: Any, where: str) -> dict[str, Any]:
     return record
 
 
-def iter_records(path: str | os.PathLike, strict: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_records(path: str | os.PathLike) -> Iterator[tuple[str, dict[str, Any]]]:
     """``("file:line", record)`` for each line of a records file.
 
-    A torn LAST line (an interrupted append) is skipped; a bad line elsewhere raises SampleError
-    (or is skipped when ``strict`` is false).
+    A torn LAST line (an interrupted append) is skipped; a bad line elsewhere raises SampleError.
     """
-    path = Path(path)
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines) and not line.endswith("\n"):
-                continue
-            if strict:
-                raise SampleError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            continue
+    for where, rec in iter_jsonl(path, allow_torn_tail=True):
         yield where, check_record(rec, where)
 
 
