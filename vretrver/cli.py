@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 BENCHMARKS = ("mbeir", "tuxpaint", "circo", "genecis", "visdial", "vist", "mtfiq", "heldout")
 
@@ -24,14 +26,20 @@ def _engine_args(ns: argparse.Namespace) -> dict:
 
 
 def add_rerank_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--engine", choices=("hf", "vllm", "openai"), default="hf", help="inference engine (default: hf)")
+    p.add_argument(
+        "--engine", choices=("hf", "vllm", "openai"), default="hf", help="inference engine (default: hf)"
+    )
     p.add_argument(
         "--engine-args",
         help='engine settings as JSON, e.g. \'{"device": "cuda", "dtype": "bfloat16"}\' or '
         '\'{"base_url": "http://localhost:8000/v1"}\'',
     )
-    p.add_argument("--profile", default="v-retrver", help="prompt profile name or folder (default: v-retrver)")
-    p.add_argument("--max-tool-calls", type=int, help="tool-call budget per window (default: the profile's, 2)")
+    p.add_argument(
+        "--profile", default="v-retrver", help="prompt profile name or folder (default: v-retrver)"
+    )
+    p.add_argument(
+        "--max-tool-calls", type=int, help="tool-call budget per window (default: the profile's, 2)"
+    )
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--max-new-tokens", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
@@ -63,10 +71,22 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         chunk_queries=ns.chunk_queries,
         skip_missing=ns.skip_missing,
         cache_dir=ns.cache_dir,
+        ray_address=ns.ray_address,
+        ray_workers=ns.ray_workers,
     )
     out, summary = evaluate(cfg, ns.out, progress=not ns.quiet)
     print((out / "summary.md").read_text())
     print(f"results: {out}")
+    return 0
+
+
+def cmd_summarize(ns: argparse.Namespace) -> int:
+    from vretrver.report.tables import collect_summaries
+    from vretrver.samples import atomic_write_text
+
+    text = collect_summaries(ns.root)
+    atomic_write_text(Path(ns.root) / "summary.md", text)
+    print(text, end="")
     return 0
 
 
@@ -81,20 +101,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", help="benchmark split (default: the evaluation split)")
     p.add_argument("--limit", type=int, help="score only the first N queries of each task")
     p.add_argument(
-        "--retriever", default="offline", help="offline | lamra[:MODEL] | precomputed:PATH (default: offline)"
+        "--retriever",
+        default="offline",
+        help="offline | lamra[:MODEL] | hash[:DIM] | precomputed:PATH (a .jsonl or .parquet candidate file; "
+        "PATH may contain {task}) (default: offline)",
     )
-    p.add_argument("--reranker", default="none", help="checkpoint folder or hub id, 'tiny', or 'none' (default)")
+    p.add_argument(
+        "--reranker", default="none", help="checkpoint folder or hub id, 'tiny', or 'none' (default)"
+    )
     p.add_argument("--top-n", type=int, help="candidates to rerank (default: 50; 10 for the zero-shot sets)")
     p.add_argument("--window", type=int, default=20)
     p.add_argument("--stride", type=int, default=10)
-    p.add_argument("--index", default="flat", choices=("flat", "fp16", "ivfpq"), help="faiss index (default: flat)")
+    p.add_argument(
+        "--index", default="flat", choices=("flat", "fp16", "ivfpq"), help="faiss index (default: flat)"
+    )
     p.add_argument("--chunk-queries", type=int, default=32, help="queries reranked and saved together")
-    p.add_argument("--skip-missing", action="store_true", help="score what remains when image files are missing")
+    p.add_argument(
+        "--skip-missing", action="store_true", help="score what remains when image files are missing"
+    )
     p.add_argument("--cache-dir", help="embedding cache (default: OUT/cache)")
+    p.add_argument(
+        "--ray-address",
+        help="embed and rerank data-parallel on Ray: 'local' (start a local cluster), 'auto' (join the running "
+        "one) or a cluster address; one actor per GPU holds an engine",
+    )
+    p.add_argument(
+        "--ray-workers", type=int, help="Ray actors (default: one per GPU; CPU only: the CPUs, <= 8)"
+    )
     p.add_argument("--out", required=True, help="result folder")
     p.add_argument("--quiet", action="store_true")
     add_rerank_options(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("summarize", help="one table over ROOT/<checkpoint>/<benchmark>/summary.json")
+    p.add_argument("root")
+    p.set_defaults(func=cmd_summarize)
 
     # Subcommands owned by other modules register themselves here (imported lazily on use).
     for module in ("vretrver.cli_demo", "vretrver.cli_data", "vretrver.cli_rl"):
@@ -116,6 +157,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished work is saved; run the same command again to resume", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as e:
+        # Bad input (a malformed line, a missing file, a wrong setting) is one line, not a traceback;
+        # errors raised inside other libraries keep theirs. VRETRVER_DEBUG=1 shows every traceback.
+        if os.environ.get("VRETRVER_DEBUG") or not _user_error(e):
+            raise
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 2
+
+
+def _user_error(e: BaseException) -> bool:
+    """Our input errors, or a ValueError / file error raised by our own code (not deep in a library)."""
+    from vretrver.benchmarks.common import MissingDataError
+    from vretrver.samples import SampleError
+
+    if isinstance(e, SampleError | MissingDataError):
+        return True
+    if not isinstance(
+        e, ValueError | FileNotFoundError | NotADirectoryError | IsADirectoryError | PermissionError
+    ):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    origin = Path(tb.tb_frame.f_code.co_filename).resolve() if tb is not None else None
+    return origin is not None and Path(__file__).resolve().parent in origin.parents
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.strerror}: {e.filename}"  # not "[Errno 2] ..."
+    return str(e)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from vretrver.metrics import MBEIR_TASKS, PAPER_RESULTS, paper_metric
 from vretrver.samples import atomic_write_text
+
+
+def _num(x: float | None) -> float | None:
+    """A metric for JSON: NaN (nothing could be scored) becomes null."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
 def task_entry(
@@ -23,27 +29,39 @@ def task_entry(
     metric: str,
     counts: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    delta = None if reranked is None else {k: reranked[k] - first_stage[k] for k in first_stage if k in reranked}
+    """One task of ``summary.json``: queries scored, metrics as fractions (null if nothing was scored)."""
+    fs = {k: _num(v) for k, v in first_stage.items()}
+    rr = None if reranked is None else {k: _num(v) for k, v in reranked.items()}
+    delta = None
+    if rr is not None:
+        delta = {
+            k: (rr[k] - fs[k] if rr.get(k) is not None and fs[k] is not None else None) for k in fs if k in rr
+        }
     return {
         "n_queries": n_queries,
         "metric": metric,
-        "first_stage": dict(first_stage),
-        "reranked": None if reranked is None else dict(reranked),
+        "first_stage": fs,
+        "reranked": rr,
         "delta": delta,
-        "counts": dict(counts or {}),
+        "counts": {k: int(v) for k, v in (counts or {}).items()},
     }
 
 
 def summarize(tasks: Mapping[str, dict[str, Any]], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The summary: per task entries plus the average of each task's paper metric."""
+    """The summary: per-task entries plus the plain mean over tasks of each task's paper metric.
+
+    An average is null when any task lacks the number (not reranked, or nothing scorable), never a
+    mean over the tasks that happen to have one.
+    """
 
     def avg(kind: str) -> float | None:
         vals = []
         for entry in tasks.values():
             m = entry.get(kind)
-            if m is None:
+            v = None if m is None else m.get(entry["metric"])
+            if v is None:
                 return None
-            vals.append(m[entry["metric"]])
+            vals.append(v)
         return sum(vals) / len(vals) if vals else None
 
     return {
@@ -53,8 +71,28 @@ def summarize(tasks: Mapping[str, dict[str, Any]], config: Mapping[str, Any] | N
     }
 
 
+# What each count in a task's "counts" means (the note under the markdown table).
+COUNT_NOTES: dict[str, str] = {
+    "duplicate_qids": "repeated query ids (later copies dropped)",
+    "empty_queries": "queries with neither text nor image (dropped)",
+    "no_positives": "queries without any positive (not scored)",
+    "positives_not_in_pool": "positives that are not in the candidate pool",
+    "queries_without_positive_in_pool": "queries none of whose positives is in the pool (scored, count 0)",
+    "empty_first_stage": "queries with no first-stage candidate (scored, count 0)",
+    "missing_image_files": "missing image files (--skip-missing)",
+    "missing_image_queries": "queries dropped for a missing image",
+    "missing_image_candidates": "candidates dropped for a missing image",
+    "duplicate_dids": "repeated candidate ids in the pool (later copies dropped)",
+    "no_instruction": "queries without an instruction for their modalities",
+}
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
 
 
 def _signed(x: float | None) -> str:
@@ -84,13 +122,13 @@ def summary_markdown(summary: Mapping[str, Any], title: str = "Results") -> str:
             m,
             _pct(fs.get(m)),
             _pct(rr.get(m) if rr else None),
-            _signed(rr[m] - fs[m] if rr and m in rr and m in fs else None),
+            _signed(_diff(rr.get(m) if rr else None, fs.get(m))),
             *[cell(k) for k in ("R@1", "R@5", "R@10", *extra)],
         ]
         lines.append("| " + " | ".join(row) + " |")
     a = summary["average"]
     if len(tasks) > 1:
-        d = None if a["reranked"] is None or a["first_stage"] is None else a["reranked"] - a["first_stage"]
+        d = _diff(a["reranked"], a["first_stage"])
         lines.append(
             "| **average** | | | "
             + " | ".join([_pct(a["first_stage"]), _pct(a["reranked"]), _signed(d)])
@@ -99,9 +137,16 @@ def summary_markdown(summary: Mapping[str, Any], title: str = "Results") -> str:
         )
     lines.append("")
     lines.append("Columns R@1 / R@5 / R@10 show the reranked list when there is one, else the first stage.")
-    notes = [f"{n}: {k} = {v}" for n in _ordered(tasks) for k, v in tasks[n].get("counts", {}).items() if v]
+    notes = [
+        f"- {n}: {v} {COUNT_NOTES.get(k, k)}"
+        for n in _ordered(tasks)
+        for k, v in tasks[n].get("counts", {}).items()
+        if v
+    ]
     if notes:
-        lines += ["", "Input problems counted (not scored): " + "; ".join(notes) + "."]
+        lines += ["", "Input problems (counted; metrics are computed as stated):", *notes]
+    for n, path in summary.get("submissions", {}).items():
+        lines += ["", f"{n}: labels are private; submission file written to {path} (not scored)."]
     return "\n".join(lines) + "\n"
 
 
@@ -122,9 +167,10 @@ def mbeir_table2(summary: Mapping[str, Any], row_name: str) -> str:
     for t in MBEIR_TASKS:
         e = tasks.get(t)
         m = (e or {}).get("reranked") or (e or {}).get("first_stage")
-        cells.append(_pct(m[paper_metric(t)]) if m else "-")
-    avg = summary["average"]["reranked"] if summary["average"]["reranked"] is not None else None
-    full = all(t in tasks for t in MBEIR_TASKS)
+        cells.append(_pct(m.get(paper_metric(t))) if m else "-")
+    a = summary["average"]
+    avg = a["reranked"] if a["reranked"] is not None else a["first_stage"]
+    full = all(t in tasks for t in MBEIR_TASKS) and len(tasks) == len(MBEIR_TASKS)
     lines.append(f"| {row_name} | " + " | ".join(cells) + f" | {_pct(avg) if full else '-'} |")
     return "\n".join(lines) + "\n"
 
@@ -137,7 +183,7 @@ def summary_csv(summary: Mapping[str, Any]) -> str:
         e = summary["tasks"][name]
         for stage in ("first_stage", "reranked"):
             for metric, value in (e[stage] or {}).items():
-                w.writerow([name, e["n_queries"], stage, metric, f"{value:.6f}"])
+                w.writerow([name, e["n_queries"], stage, metric, "" if value is None else f"{value:.6f}"])
     return buf.getvalue()
 
 
@@ -163,3 +209,43 @@ def write_trec(path: str | Path, runs: Mapping[str, Sequence[tuple[str, float]]]
             if any(ch.isspace() for ch in qid + did):
                 raise ValueError(f"TREC ids cannot contain white space: query {qid!r}, candidate {did!r}")
     atomic_write_text(path, trec_lines(runs, run_name))
+
+
+def collect_summaries(root: str | Path) -> str:
+    """One table over ``root/<checkpoint>/<benchmark>/summary.json`` (the layout of eval_bench_all.sh).
+
+    A cell is the benchmark's average paper metric after reranking (first stage in brackets).
+    """
+    root = Path(root)
+    found: dict[str, dict[str, dict[str, Any]]] = {}
+    for f in sorted(root.glob("*/*/summary.json"), key=lambda p: p.stat().st_mtime):
+        found.setdefault(f.parent.parent.name, {})[f.parent.name] = json.loads(f.read_text())
+    if not found:
+        return f"no results under {root}\n"
+    benches = sorted({b for runs in found.values() for b in runs})
+    lines = [
+        "| checkpoint | " + " | ".join(benches) + " |",
+        "|---|" + "---:|" * len(benches),
+    ]
+    for ckpt, runs in found.items():
+        cells = []
+        for b in benches:
+            s = runs.get(b)
+            if s is None:
+                cells.append("-")
+                continue
+            a = s["average"]
+            cells.append(f"{_pct(a['reranked'])} ({_pct(a['first_stage'])})")
+        lines.append(f"| {ckpt} | " + " | ".join(cells) + " |")
+    text = (
+        "\n".join(lines)
+        + "\n\nCells: average paper metric after reranking (first stage in brackets), in %.\n"
+    )
+    for ckpt, runs in found.items():
+        for b, s in runs.items():
+            if b.startswith("mbeir"):
+                text += (
+                    f"\n### {ckpt}: M-BEIR (local pools) in the paper's Table 2 layout\n\n"
+                    + mbeir_table2(s, ckpt)
+                )
+    return text
