@@ -530,3 +530,16 @@ def test_cli_data_samples_synthesis_records_and_export(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "lf2" / "tux.json").read_text()) == rows
+
+
+def test_convert_turn_rewrites_the_call_after_the_reasoning_only(sample_photos):
+    from vretrver.sft.coordinates import convert_turn
+
+    photo = str(sample_photos["astronaut"])  # 512 x 512: Qwen2.5-VL sees it at 504 x 504
+    mention = '<tool_call>{"name": "crop_image", "arguments": {"bbox_2d": [1, 1, 2, 2], "target_image": 0}}</tool_call>'
+    call = '{"name": "crop_image", "arguments": {"bbox_2d": [126, 126, 252, 252], "target_image": 0}}'
+    text = f"<think>I could write {mention} but zoom instead.</think>\n<tool_call>\n{call}\n</tool_call>"
+    out = convert_turn(text, [photo], ToolConfig(), ToolConfig(coordinates="qwen3-vl"))
+    assert mention in out  # the tag the reasoning mentions is left alone
+    # 126 / 504 * 1000 = 250, 252 / 504 * 1000 = 500
+    assert '"bbox_2d": [250, 250, 500, 500]' in out.split("</think>")[1]

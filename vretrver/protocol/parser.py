@@ -51,6 +51,8 @@ class ParsedTurn:
     well_formed: bool = False
     reason: str | None = None  # for malformed turns: why nothing could be used
     problems: list[str] = field(default_factory=list)  # what keeps the turn from being well formed
+    # Where the action's body (inside <tool_call> or <answer>) lies in the text, as (start, end).
+    span: tuple[int, int] | None = None
 
 
 def _parse_call(body: str) -> tuple[ToolCall, list[str]]:
@@ -158,6 +160,7 @@ def parse_turn(text: str) -> ParsedTurn:
             tool_call=call,
             well_formed=well_formed and not problems,
             problems=problems,
+            span=m.span(1),
         )
     numbers, strict = _parse_answer(m.group(1))
     if not strict:
@@ -171,6 +174,7 @@ def parse_turn(text: str) -> ParsedTurn:
         answer_is_int_list=strict,
         well_formed=well_formed and not problems,
         problems=problems,
+        span=m.span(1),
     )
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 
-from vretrver.protocol.parser import TOOL_CALL, parse_turn
+from vretrver.protocol.parser import parse_turn
 from vretrver.tools import ToolConfig, load_image, smart_resize
 
 _BBOX = re.compile(r'("bbox_2d"\s*:\s*)\[[^\[\]]*\]')
@@ -53,9 +53,8 @@ def convert_turn(text: str, images: list[str | None], src: ToolConfig, dst: Tool
     if same_convention(src, dst):
         return text
     parsed = parse_turn(text)
-    m = TOOL_CALL.search(text)
     call = parsed.tool_call
-    if m is None or parsed.kind != "tool_call" or call is None or call.error or call.name != "crop_image":
+    if parsed.kind != "tool_call" or call is None or call.error or call.name != "crop_image":
         return text
     box, idx = call.arguments.get("bbox_2d"), call.arguments.get("target_image")
     if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)):
@@ -64,8 +63,8 @@ def convert_turn(text: str, images: list[str | None], src: ToolConfig, dst: Tool
         return text
     size = load_image(images[idx]).size
     new = json.dumps(convert_box(box, size, src, dst))
-    body = m.group(1)
-    new_body, n = _BBOX.subn(lambda mm: mm.group(1) + new, body, count=1)
+    start, end = parsed.span  # the call the parser chose (after </think>), not a tag the reasoning mentions
+    new_body, n = _BBOX.subn(lambda mm: mm.group(1) + new, text[start:end], count=1)
     if n == 0:
         return text
-    return text[: m.start(1)] + new_body + text[m.end(1) :]
+    return text[:start] + new_body + text[end:]
