@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageDraw
+from PIL import ImageDraw
 from tqdm.auto import tqdm
 
 from vretrver.samples import Sample, atomic_write_text, iter_samples
+from vretrver.tools import load_image
 
 THUMB = 160
 TOOL_THUMB = 280
@@ -122,7 +123,7 @@ class _Images:
         name = hashlib.sha1(repr(key).encode()).hexdigest()[:16] + ".jpg"
         rel: str | None = f"img/{name}"
         try:
-            im = _on_white(src)
+            im = load_image(src)
             if box:
                 # Drawn at the source's resolution, so the line width is relative to the picture.
                 width = max(2, round(max(im.size) / 80))
@@ -133,19 +134,6 @@ class _Images:
             rel = None
         self.done[key] = rel
         return rel
-
-
-def _on_white(src: str | Path) -> Image.Image:
-    """RGB, with transparent parts (Tux Paint cut-outs) on white rather than their hidden colour."""
-    with Image.open(src) as im:
-        im.load()
-        if im.mode == "P" and "transparency" in im.info:
-            im = im.convert("RGBA")
-        if im.mode in ("RGBA", "LA", "PA"):
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            return Image.alpha_composite(bg, im).convert("RGB")
-        return im.convert("RGB")
 
 
 def _e(x: Any) -> str:

@@ -42,7 +42,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutp
 
 from vretrver.integrations.verl import AGENT_NAME, ROLLOUT_RECORD_KEY, SAMPLE_INFO_KEY
 from vretrver.protocol import ParsedTurn, load_profile, observation_message, parse_turn
-from vretrver.tools import ToolConfig, ToolResult, image_table, load_image, run_tool
+from vretrver.tools import ToolConfig, ToolResult, image_table, load_image, run_tool, to_rgb
 
 logger = logging.getLogger(__file__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -95,15 +95,15 @@ def _load_part_image(part: dict[str, Any]) -> Any:
     The rollouts of one prompt share its parts (verl repeats the batch by reference) and a PIL image opened
     by the dataset decodes lazily, so images are decoded afresh from their bytes, or copied under a lock.
     """
+    # load_image / to_rgb: the same RGB conversion as evaluation (transparent parts on white).
     if part.get("bytes") is not None:
-        with Image.open(io.BytesIO(part["bytes"])) as im:
-            return im.convert("RGB")
+        return load_image(io.BytesIO(part["bytes"]))
     src = part.get("image")
     if src is None:
         raise ValueError(f"{AGENT_NAME}: an image part of the prompt has no image")
     if isinstance(src, Image.Image):
         with _PIL_LOCK:
-            return src.convert("RGB") if src.mode != "RGB" else src.copy()
+            return to_rgb(src).copy()
     return load_image(src)
 
 
