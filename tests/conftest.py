@@ -8,7 +8,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -57,11 +56,8 @@ _SAMPLE_PHOTOS = {
 @pytest.fixture(scope="session")
 def sample_photos() -> dict[str, Path]:
     """A few real photos as file paths, keyed by a short name (see _SAMPLE_PHOTOS)."""
-    # Locate the package's data folder without importing skimage (slow) or fetching anything.
-    spec = importlib.util.find_spec("skimage")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail("sample_photos needs scikit-image: pip install scikit-image")
-    data_dir = Path(next(iter(spec.submodule_search_locations))) / "data"
+    from photos import DATA as data_dir
+
     photos = {name: data_dir / filename for name, filename in _SAMPLE_PHOTOS.items()}
     missing = [str(p) for p in photos.values() if not p.is_file()]
     if missing:

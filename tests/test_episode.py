@@ -2,27 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from photos import ASTRONAUT, CHELSEA, COFFEE
 from PIL import Image
 
 from vretrver.episode import Episode, dumps_record
 from vretrver.samples import Candidate, Query, Sample
 from vretrver.tools import ToolConfig
-
-# Real photos shipped inside the scikit-image wheel, located without importing the package.
-_SPEC = importlib.util.find_spec("skimage")
-if _SPEC is None:
-    pytest.fail(
-        "needs scikit-image (its wheel ships the sample photos): pip install scikit-image", pytrace=False
-    )
-DATA = Path(next(iter(_SPEC.submodule_search_locations))) / "data"
-ASTRONAUT = str(DATA / "astronaut.png")  # 512 x 512
-CHELSEA = str(DATA / "chelsea.png")  # 451 x 300
-COFFEE = str(DATA / "coffee.png")  # 600 x 400
 
 
 def make_sample(query_image: str | None = ASTRONAUT) -> Sample:

@@ -3,11 +3,11 @@ data pipeline and template, for Qwen2.5-VL and Qwen3-VL), validation, and crop-b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from photos import ASTRONAUT, CHELSEA, COFFEE, ROCKET
 
 from vretrver.episode import Episode
 from vretrver.integrations.llamafactory import (
@@ -24,17 +24,6 @@ from vretrver.protocol import load_profile, system_prompt
 from vretrver.samples import Candidate, Query, Sample
 from vretrver.sft import ScriptedEngine, SynthesisConfig, read_records, script_from_table, synthesize
 from vretrver.tools import ToolConfig, crop_image
-
-_SPEC = importlib.util.find_spec("skimage")
-if _SPEC is None:
-    pytest.fail(
-        "needs scikit-image (its wheel ships the sample photos): pip install scikit-image", pytrace=False
-    )
-DATA = Path(next(iter(_SPEC.submodule_search_locations))) / "data"
-ASTRONAUT = str(DATA / "astronaut.png")  # 512 x 512
-CHELSEA = str(DATA / "chelsea.png")  # 451 x 300
-COFFEE = str(DATA / "coffee.png")  # 600 x 400
-ROCKET = str(DATA / "rocket.jpg")  # 640 x 427
 
 
 def call(name: str, args: dict, think: str = "Candidates 2 and 3 look alike; compare them closely.") -> str:

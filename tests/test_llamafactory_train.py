@@ -4,7 +4,6 @@ frozen vision tower and projector) whose checkpoints then rerank through the tra
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from photos import DATA
 
 from vretrver.integrations.llamafactory import (
     TEMPLATES,
@@ -34,13 +34,6 @@ RECIPES = {
     "qwen3_vl_8b_full_sft.yaml": ("Qwen/Qwen3-VL-8B-Instruct", "qwen3_vl", "vretrver_sft_qwen3vl"),
     "qwen3_vl_8b_full_rft.yaml": ("outputs/sft/qwen3_vl_8b", "qwen3_vl", "vretrver_rft_qwen3vl"),
 }
-
-_SPEC = importlib.util.find_spec("skimage")
-if _SPEC is None:
-    pytest.fail(
-        "needs scikit-image (its wheel ships the sample photos): pip install scikit-image", pytrace=False
-    )
-DATA = Path(next(iter(_SPEC.submodule_search_locations))) / "data"
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))

@@ -3,12 +3,12 @@ and rejection sampling with the tiny model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from photos import ASTRONAUT, CHELSEA, COFFEE, ROCKET
 from PIL import Image
 
 from vretrver.protocol import load_profile, system_prompt
@@ -28,18 +28,6 @@ from vretrver.sft import (
 )
 from vretrver.sft.hard_negatives import allocate, preselect_queries
 from vretrver.tools import ToolConfig, crop_image
-
-_SPEC = importlib.util.find_spec("skimage")
-if _SPEC is None:
-    pytest.fail(
-        "needs scikit-image (its wheel ships the sample photos): pip install scikit-image", pytrace=False
-    )
-DATA = Path(next(iter(_SPEC.submodule_search_locations))) / "data"
-ASTRONAUT = str(DATA / "astronaut.png")  # 512 x 512
-CHELSEA = str(DATA / "chelsea.png")  # 451 x 300
-COFFEE = str(DATA / "coffee.png")  # 600 x 400
-ROCKET = str(DATA / "rocket.jpg")  # 640 x 427
-
 
 # ----------------------------------------------------------------------------- hard negatives
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from photos import ASTRONAUT, CHELSEA, COFFEE
 from PIL import Image
 
 from vretrver.protocol.parser import ToolCall
@@ -21,17 +21,6 @@ from vretrver.tools import (
     select_images,
     smart_resize,
 )
-
-# Real photos shipped inside the scikit-image wheel, located without importing the package.
-_SPEC = importlib.util.find_spec("skimage")
-if _SPEC is None:
-    pytest.fail(
-        "needs scikit-image (its wheel ships the sample photos): pip install scikit-image", pytrace=False
-    )
-DATA = Path(next(iter(_SPEC.submodule_search_locations))) / "data"
-ASTRONAUT = str(DATA / "astronaut.png")  # 512 x 512 RGB
-CHELSEA = str(DATA / "chelsea.png")  # 451 x 300 RGB (width x height)
-COFFEE = str(DATA / "coffee.png")  # 600 x 400 RGB
 
 Q25 = ToolConfig()  # qwen2.5-vl: pixels of the smart-resized image
 Q3 = ToolConfig(coordinates="qwen3-vl")  # 0-1000
