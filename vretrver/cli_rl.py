@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,11 +22,13 @@ _MODEL_TYPES = {
 
 def family_of_model(path: str) -> str:
     """The crop-coordinate convention of a checkpoint, from its config.json model_type."""
+    from vretrver.engines.render import checkpoint_model_type
+
     cfg = Path(path) / "config.json"
     try:
-        model_type = json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, json.JSONDecodeError) as e:
-        raise SystemExit(f"--model: cannot read {cfg} ({e})") from None
+        model_type = checkpoint_model_type(path)
+    except ValueError as e:
+        raise SystemExit(f"--model: {e}") from None
     if model_type not in _MODEL_TYPES:
         raise SystemExit(
             f"--model: {cfg}: model_type {model_type!r} is not a Qwen-VL family ({sorted(_MODEL_TYPES)})"

@@ -114,11 +114,13 @@ def update_dataset_info(data_dir: str | os.PathLike, name: str, file_name: str) 
 
 def template_for_model(model_path: str | os.PathLike) -> str:
     """The LLaMA-Factory template for a checkpoint, from its ``config.json`` model_type."""
+    from vretrver.engines.render import checkpoint_model_type
+
     cfg_path = Path(model_path) / "config.json"
     try:
-        model_type = json.loads(cfg_path.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExportError(f"{cfg_path}: cannot read the model type ({e})") from None
+        model_type = checkpoint_model_type(model_path)
+    except ValueError as e:
+        raise ExportError(str(e)) from None
     if model_type not in TEMPLATES:
         raise ExportError(
             f"{cfg_path}: model_type {model_type!r} has no known template (known: {sorted(TEMPLATES)})"

@@ -84,6 +84,19 @@ def assistant_texts(trajectory: dict[str, Any]) -> tuple[str, ...]:
     return tuple(t.get("text", "") for t in trajectory.get("turns") or [] if t.get("role") == "assistant")
 
 
+def _empty_stats() -> dict[str, Any]:
+    return {
+        "samples": 0,
+        "samples_kept": 0,
+        "tried": 0,
+        "accepted": 0,
+        "kept": 0,
+        "tool_calls": 0,
+        "rejections": Counter(),
+        "first_reasons": Counter(),
+    }
+
+
 def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Per-task and overall statistics of a set of records.
 
@@ -97,19 +110,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     samples: dict[str, dict[str, bool]] = {}
     for r in records:
         task = r.get("task") or (r.get("sample") or {}).get("task") or "?"
-        st = tasks.setdefault(
-            task,
-            {
-                "samples": 0,
-                "samples_kept": 0,
-                "tried": 0,
-                "accepted": 0,
-                "kept": 0,
-                "tool_calls": 0,
-                "rejections": Counter(),
-                "first_reasons": Counter(),
-            },
-        )
+        st = tasks.setdefault(task, _empty_stats())
         st["tried"] += 1
         reasons = r.get("reasons") or []
         if not reasons:
@@ -127,16 +128,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, Any]:
     for task, st in tasks.items():
         st["samples"] = len(samples[task])
         st["samples_kept"] = sum(samples[task].values())
-    total: dict[str, Any] = {
-        "samples": 0,
-        "samples_kept": 0,
-        "tried": 0,
-        "accepted": 0,
-        "kept": 0,
-        "tool_calls": 0,
-        "rejections": Counter(),
-        "first_reasons": Counter(),
-    }
+    total: dict[str, Any] = _empty_stats()
     for st in tasks.values():
         for key, v in st.items():
             total[key] = total[key] + v
