@@ -61,6 +61,8 @@ class StandInServer:
         self.tok, self.proc = tokenizer, processor
         self.scripts = [list(s) for s in scripts]
         self.by_request: dict[str, list[str]] = {}
+        self.arrived: list[str] = []  # trajectories in order of their first turn
+        self.later_turns = 0
         self.calls: list[dict] = []
         self.pad_id = tokenizer.convert_tokens_to_ids("<|image_pad|>")
 
@@ -86,7 +88,20 @@ class StandInServer:
         from verl.workers.rollout.replica import TokenOutput
 
         self._check_placeholders(prompt_ids, image_data)
-        script = self.by_request.setdefault(request_id, self.scripts.pop(0) if self.scripts else [])
+        if request_id in self.arrived:
+            self.later_turns += 1
+        else:
+            self.arrived.append(request_id)
+            if len(self.arrived) == 3:
+                # hold the third trajectory's first turn back until another trajectory's later turn
+                # overtakes it, as happens on a loaded server
+                for _ in range(200):
+                    if self.later_turns:
+                        break
+                    await asyncio.sleep(0.05)
+        if request_id not in self.by_request:  # a script per trajectory, in order of first arrival
+            self.by_request[request_id] = self.scripts.pop(0)
+        script = self.by_request[request_id]
         ids = self.tok(script.pop(0), add_special_tokens=False)["input_ids"]
         stops = set(sampling_params.get("stop_token_ids") or [])
         for i, t in enumerate(ids):
@@ -276,6 +291,8 @@ def test_rollout_follows_the_evaluation_harness_rule_for_rule(rig):
         [UNKNOWN, CROP, ANSWER_GT_FIRST],
     ]
     out, server = rig.run(scripts)
+    order = [c["request"] for c in server.calls]
+    assert order.index(server.arrived[2]) > 2, "the turns of the trajectories did not interleave"
     tool_config = ToolConfig.from_processor(rig.proc)
     by_turns = {tuple(r["turns"]): r for r in out.non_tensor_batch["vretrver_rollout"]}
     for script in scripts:
