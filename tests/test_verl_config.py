@@ -43,6 +43,8 @@ def test_recipe_composes_and_validates(name, patch, tiny_qwen25vl):
     assert (r.prompt_length, r.response_length) == (12288, 12288)
     assert r.name == "vllm" and r.tensor_model_parallel_size == 4 and r.multi_turn.enable
     assert a.freeze_vision_tower is True and cfg.data.image_patch_size == patch
+    # verl 0.9.1 ignores freeze_vision_tower: the recipe freezes through the model's external_lib
+    assert cfg.actor_rollout_ref.model.external_lib == "vretrver.integrations.verl.frozen_vision"
     assert not need_critic(cfg) and not need_reference_policy(cfg)  # KL 0: no reference forward
     # our pieces are wired in
     assert r.agent.default_agent_loop == "vretrver_agent"
@@ -93,3 +95,41 @@ def test_overrides_for_the_ablation_and_cluster(tiny_qwen25vl):
     from vretrver.integrations.verl.reward import settings_from_kwargs
 
     assert settings_from_kwargs(dict(cfg.reward.custom_reward_function.reward_kwargs)).tools is False
+
+
+FROZEN_CHECK = """
+import json, sys
+from transformers import AutoModelForImageTextToText
+import vretrver.integrations.verl.frozen_vision  # what verl imports as the model's external_lib
+model = AutoModelForImageTextToText.from_pretrained(sys.argv[1])
+model.save_pretrained(sys.argv[2])
+grads = {n: p.requires_grad for n, p in model.named_parameters()}
+print(json.dumps({"cls": type(model).__name__, "grads": grads}))
+"""
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_frozen_vision_external_lib(family, request, tmp_path):
+    """The recipe's external_lib freezes exactly the vision encoder (merger included) of a loaded model and
+    keeps the upstream architecture name in saved checkpoints (run apart: it registers model classes)."""
+    import json
+    import subprocess
+    import sys
+
+    model = request.getfixturevalue("tiny_qwen25vl" if family == "qwen2_5_vl" else "tiny_qwen3vl")
+    upstream = json.loads((model / "config.json").read_text())["architectures"]
+    proc = subprocess.run(
+        [sys.executable, "-c", FROZEN_CHECK, str(model), str(tmp_path / "saved")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    vision = {n: g for n, g in out["grads"].items() if n.startswith("model.visual.")}
+    language = {n: g for n, g in out["grads"].items() if not n.startswith("model.visual.")}
+    assert vision and not any(vision.values())
+    assert any("merger" in n for n in vision)
+    assert language and all(language.values())
+    assert [out["cls"]] == upstream
+    assert json.loads((tmp_path / "saved" / "config.json").read_text())["architectures"] == upstream
