@@ -85,6 +85,15 @@ if [ "$ROLE" = "head" ]; then
   done
 fi
 
+# verl defaults to flash-attention 2 and its padding-free path needs it; without the (optional) package,
+# train with PyTorch's sdpa on padded batches instead of failing at model load.
+ATTN_ARGS=()
+if ! "$PYTHON" -c "import flash_attn" 2>/dev/null; then
+  echo "note: flash-attn is not installed: training with sdpa attention and padded batches (slower)" >&2
+  ATTN_ARGS=("+actor_rollout_ref.model.override_config.attn_implementation=sdpa"
+             "actor_rollout_ref.model.use_remove_padding=false")
+fi
+
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 "$PYTHON" -m verl.trainer.main_ppo \
   --config-path="$REPO/EasyR1/configs" --config-name="$CONFIG" \
@@ -103,6 +112,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
   trainer.nnodes="$NNODES" \
   trainer.n_gpus_per_node="$GPUS_PER_NODE" \
   "${RESUME_ARGS[@]}" \
+  "${ATTN_ARGS[@]}" \
   "$@"
 
 if [ "${MERGE:-0}" = "1" ]; then
