@@ -18,7 +18,6 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).resolve().parent / "verl_scripts" / "grpo_step.py"
-pytestmark = pytest.mark.slow
 
 
 def _free_port() -> int:
@@ -43,6 +42,7 @@ def step(request, tmp_path_factory) -> dict:
     return json.loads(out.read_text())
 
 
+@pytest.mark.slow
 def test_rewards_and_grpo_advantages(step):
     scores = step["scores"]
     # two answers ranking the positive first after one valid call, one ranking it second, one malformed
@@ -55,6 +55,7 @@ def test_rewards_and_grpo_advantages(step):
     assert step["advantage_outside_mask"] == 0.0  # tool observations and padding carry none
 
 
+@pytest.mark.slow
 def test_actor_update_moves_the_language_model_towards_better_trajectories(step):
     m = step["metrics"]
     assert math.isfinite(m["actor/pg_loss"][0]) and m["actor/grad_norm"][0] > 0
@@ -68,3 +69,20 @@ def test_actor_update_moves_the_language_model_towards_better_trajectories(step)
     best = [c for a, c in zip(adv, change) if a == max(adv)]
     worst = [c for a, c in zip(adv, change) if a == min(adv)]
     assert min(best) > max(worst)
+
+
+def test_cpu_platform_is_selected_by_verl_environment_variables():
+    """Any process (a Ray worker too) picks the platform with VERL_PLATFORM=cpu when verl imports the module."""
+    code = (
+        "from verl.plugin.platform.platform_manager import get_platform; p = get_platform(); "
+        "print(p.device_name, p.communication_backend_name(), p.ray_resource_options(1))"
+    )
+    env = {
+        **os.environ,
+        "VERL_USE_EXTERNAL_MODULES": "vretrver.integrations.verl.cpu_platform",
+        "VERL_PLATFORM": "cpu",
+    }
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[:2] == ["cpu", "gloo"]
+    assert "'num_gpus': 1" in proc.stdout  # one logical accelerator slot per training process

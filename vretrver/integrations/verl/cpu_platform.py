@@ -1,11 +1,13 @@
 """Run verl's FSDP training engine on CPU (gloo), for tests and debugging on a machine without GPUs.
 
 verl picks its accelerator through a platform registry (CUDA, NPU, ROCm) and falls back to CUDA when none
-is found; its FSDP engine is registered for those devices only. :func:`use_cpu_platform` registers a CPU
-platform (gloo collectives, zero memory statistics) and the FSDP language-model engine for it, then makes
-it verl's platform. Call it in a fresh process before anything imports verl's workers or engines (some
-read the device name at import time), then start a one-process gloo group. Rollouts still need a vLLM /
-SGLang server: this covers the actor (log-probs, policy update), not generation.
+is found; its FSDP engine is registered for those devices only. Importing this module registers a CPU
+platform (gloo collectives, zero memory statistics) under the name ``cpu`` (so ``VERL_PLATFORM=cpu`` with
+``VERL_USE_EXTERNAL_MODULES`` naming this module selects it in every process); :func:`use_cpu_platform`
+also registers the FSDP language-model engine for it and makes it verl's platform. Call it in a fresh
+process before anything imports verl's workers or engines (some read the device name at import time),
+then start a one-process gloo group. Rollouts still need a vLLM / SGLang server: this covers the actor
+(log-probs, policy update), not generation.
 """
 
 from __future__ import annotations
@@ -61,8 +63,9 @@ class _CPUDeviceModule:
         return "cpu"
 
 
+@PlatformRegistry.register(platform=PLATFORM_NAME)
 class CPUPlatform(PlatformBase):
-    """verl platform for plain CPUs: device ``cpu``, collectives over gloo, no Ray accelerator resource."""
+    """verl platform for plain CPUs: device ``cpu``, collectives over gloo."""
 
     _module = _CPUDeviceModule()
 
@@ -128,7 +131,9 @@ class CPUPlatform(PlatformBase):
         pass
 
     def ray_resource_name(self) -> str:
-        return "CPU"
+        # verl places one training process per accelerator slot; on CPUs the slots are Ray's logical GPUs,
+        # declared with ray.init(num_gpus=N) (Ray's "CPU" resource cannot be asked for by this name)
+        return "GPU"
 
     def ray_noset_envvars(self) -> list[str]:
         return []
@@ -142,7 +147,6 @@ class CPUPlatform(PlatformBase):
 
 def use_cpu_platform() -> CPUPlatform:
     """Make the CPU platform verl's platform and register the FSDP language-model engine for it."""
-    PlatformRegistry.register(platform=PLATFORM_NAME)(CPUPlatform)
     platform = CPUPlatform()
     set_platform(platform)
 
