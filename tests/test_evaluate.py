@@ -227,6 +227,42 @@ def test_hash_embedder_first_stage(mbeir, tmp_path, capsys):
     assert json.loads((out / "summary.json").read_text())["tasks"] == s["tasks"]
 
 
+def test_global_pool(mbeir, tmp_path, capsys):
+    """--pool global: every task searches the union pool (its modality filter still applies); the setting
+    is recorded and gives its own result folder."""
+    union = [
+        *lines(mbeir / "cand_pool/local/mbeir_mscoco_task0_test_cand_pool.jsonl"),
+        *lines(mbeir / "cand_pool/local/mbeir_mscoco_task3_test_cand_pool.jsonl"),
+        cand("9:777", img=IMG.format(100)),  # only in the union pool
+    ]
+    write_jsonl(mbeir / "cand_pool/global/mbeir_union_test_cand_pool.jsonl", union)
+    out = tmp_path / "res"
+    args = ["--benchmark", "mbeir", "--data-root", str(mbeir), "--tasks", "mscoco_task0,mscoco_task3"]
+    args += ["--retriever", "hash:32", "--top-n", "20", "--out", str(out)]
+    code, _, err = run_cli([*args, "--pool", "global"], capsys)
+    assert code == 0
+    assert "pool mbeir_" not in err  # --quiet: no progress bar while the pool is read
+    fs = {r["qid"]: r["ranked"] for r in lines(out / "first_stage" / "mscoco_task0.jsonl")}
+    assert all("9:777" in ranked and set(ranked) <= {*IMAGE_IDS, "9:777"} for ranked in fs.values())
+    t3 = lines(out / "first_stage" / "mscoco_task3.jsonl")
+    union_texts = {f"9:{200 + n}" for n in range(6)} | {"9:900"}  # 9:900 comes from task0's pool
+    assert all(set(r["ranked"]) == union_texts for r in t3)  # texts only, from the whole union
+    assert json.loads((out / "config.json").read_text())["pool"] == "global"
+    # the local pool is another setting: same --out, another folder
+    assert run_cli(args, capsys)[0] == 0
+    local = [p for p in tmp_path.iterdir() if p.name.startswith("res-")]
+    assert len(local) == 1 and json.loads((local[0] / "config.json").read_text())["pool"] == "local"
+    assert "9:777" not in (local[0] / "first_stage" / "mscoco_task0.jsonl").read_text()
+
+
+def test_global_pool_only_for_mbeir(tmp_path, capsys):
+    code, _, err = run_cli(
+        ["--benchmark", "tuxpaint", "--pool", "global", "--out", str(tmp_path / "r")], capsys
+    )
+    assert code == 2 and "pool must be 'local' or, for mbeir / heldout, 'global'" in err
+    assert not (tmp_path / "r").exists()
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -55,6 +55,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         data_root=ns.data_root,
         split=ns.split,
         limit=ns.limit,
+        pool=ns.pool,
         retriever=ns.retriever,
         reranker=reranker,
         engine=ns.engine,
@@ -100,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="the unpacked benchmark folder (not needed for tuxpaint)")
     p.add_argument("--split", help="benchmark split (default: the evaluation split)")
     p.add_argument("--limit", type=int, help="score only the first N queries of each task")
+    p.add_argument(
+        "--pool",
+        default="local",
+        choices=("local", "global"),
+        help="M-BEIR candidate pool: each task's own (default, the papers' tables) or the union of all tasks",
+    )
     p.add_argument(
         "--retriever",
         default="offline",

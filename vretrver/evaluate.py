@@ -56,6 +56,7 @@ ZERO_SHOT = ("circo", "genecis", "visdial", "vist", "mtfiq")
 # CIRCO's evaluation server scores the top 50 of each query, and its local mAP goes up to @50.
 CIRCO_DEPTH = 50
 # Settings that do not change results: left out of the fingerprint.
+POOL_BENCHMARKS = ("mbeir", "heldout")  # the benchmarks with a choice of candidate pool
 _PLUMBING = ("engine_args", "chunk_queries", "cache_dir", "tasks", "ray_address", "ray_workers")
 # The engine kind counts: greedy decoding in different engines (and dtypes) can differ.
 _RERANK_SETTINGS = (
@@ -78,6 +79,7 @@ class EvalConfig:
     data_root: str | None = None
     split: str | None = None
     limit: int | None = None
+    pool: str = "local"  # M-BEIR: each task's local pool, or "global", the union pool of all tasks
     # offline | lamra[:MODEL] | hash[:DIM] | precomputed:PATH (PATH may contain {task})
     retriever: str = "offline"
     reranker: str | None = None  # a checkpoint folder / hub id, "tiny", or None for first stage only
@@ -124,6 +126,10 @@ class EvalConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.ray_workers is not None and self.ray_workers < 1:
             raise ValueError(f"ray-workers must be >= 1, got {self.ray_workers}")
+        if self.pool != "local" and (self.benchmark not in POOL_BENCHMARKS or self.pool != "global"):
+            raise ValueError(
+                f"pool must be 'local' or, for {' / '.join(POOL_BENCHMARKS)}, 'global'; got {self.pool!r}"
+            )
         if self.retriever.startswith("precomputed:") and not self.retriever.split(":", 1)[1]:
             raise ValueError("--retriever precomputed:PATH needs a path")
         if self.reranker:
@@ -290,7 +296,7 @@ def depth_of(task: TaskData, cfg: EvalConfig) -> int:
 
 
 def first_stage_runs(
-    task: TaskData, cfg: EvalConfig, out: Path, embedder_cache: dict[str, Any]
+    task: TaskData, cfg: EvalConfig, out: Path, embedder_cache: dict[str, Any], progress: bool = True
 ) -> dict[str, list[tuple[str, float]]]:
     """Every query's first-stage list (saved once per result folder, read back on resume)."""
     path = out / "first_stage" / f"{task.name}.jsonl"
@@ -320,6 +326,7 @@ def first_stage_runs(
             index=cfg.index,
             ray_address=cfg.ray_address,
             num_workers=cfg.ray_workers,
+            progress=progress,
         )
     runs = {q: [(d, s) for d, s in r if d not in excluded.get(q, ())][:depth] for q, r in runs.items()}
     write_jsonl(
@@ -597,8 +604,14 @@ def evaluate(
     cfg.check()
     if engine is not None and not cfg.reranker:
         raise ValueError("evaluate(engine=...): set cfg.reranker to the engine's checkpoint")
+    reader_args = {"pool": cfg.pool, "progress": progress} if cfg.benchmark in POOL_BENCHMARKS else {}
     tasks = load_benchmark(
-        cfg.benchmark, data_root=cfg.data_root, tasks=cfg.tasks, split=cfg.split, limit=cfg.limit
+        cfg.benchmark,
+        data_root=cfg.data_root,
+        tasks=cfg.tasks,
+        split=cfg.split,
+        limit=cfg.limit,
+        **reader_args,
     )
     out = result_dir(out, cfg)
     atomic_write_text(
@@ -616,7 +629,7 @@ def evaluate(
         staged = []
         for task in tasks:
             task = prepare_task(task, cfg.skip_missing)
-            fs = first_stage_runs(task, cfg, out, embedders)
+            fs = first_stage_runs(task, cfg, out, embedders, progress)
             samples_path = out / "samples" / f"{task.name}.jsonl"
             if not samples_path.is_file():
                 write_samples(

@@ -142,10 +142,20 @@ def iter_pool(path: Path, root: Path) -> Iterator[Candidate]:
         yield Candidate(id=did, text=txt, image=img)
 
 
-def read_pool(path: Path, root: Path, issues: dict[str, int] | None = None) -> dict[str, Candidate]:
+def read_pool(
+    path: Path, root: Path, issues: dict[str, int] | None = None, progress: bool = True
+) -> dict[str, Candidate]:
     pool: dict[str, Candidate] = {}
     dups = 0
-    for c in tqdm(iter_pool(path, root), desc=f"pool {path.name}", unit=" cand", mininterval=5, leave=False):
+    bar = tqdm(
+        iter_pool(path, root),
+        desc=f"pool {path.name}",
+        unit=" cand",
+        mininterval=5,
+        leave=False,
+        disable=not progress,
+    )
+    for c in bar:
         if c.id in pool:
             dups += 1
             continue
@@ -221,11 +231,12 @@ def load_mbeir(
     pool: str = "local",
     limit: int | None = None,
     check_images: bool = False,
+    progress: bool = True,
 ) -> list[TaskData]:
     """Read M-BEIR tasks (default: the 16 evaluated pairs) from a data root laid out as distributed.
 
     ``limit`` keeps the first N queries of each task (the pool stays complete). With
-    ``pool="global"`` all tasks share one pool dict.
+    ``pool="global"`` all tasks share one pool dict. ``progress`` shows a bar while a pool is read.
     """
     root = Path(data_root).expanduser().resolve()
     tasks = list(tasks or MBEIR_TASKS)
@@ -248,7 +259,7 @@ def load_mbeir(
         f = files[t]
         if f["pool"] not in pools:
             pool_issues: dict[str, int] = {}
-            pools[f["pool"]] = (read_pool(f["pool"], root, pool_issues), pool_issues)
+            pools[f["pool"]] = (read_pool(f["pool"], root, pool_issues, progress), pool_issues)
         cands, pool_issues = pools[f["pool"]]
         issues = dict(pool_issues)
         queries = read_queries(

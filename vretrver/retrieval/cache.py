@@ -66,6 +66,7 @@ def embed_cached(
     batch_size: int = 32,
     chunk_size: int = 2048,
     desc: str | None = None,
+    progress: bool = True,
 ) -> np.ndarray:
     """Embed ``items`` with ``embedder`` in the calling process, through the on-disk cache if given."""
     return run_chunks(
@@ -77,6 +78,7 @@ def embed_cached(
         cache_dir=cache_dir,
         chunk_size=chunk_size,
         desc=desc,
+        progress=progress,
     )
 
 
@@ -90,6 +92,7 @@ def run_chunks(
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = 2048,
     desc: str | None = None,
+    progress: bool = True,
 ) -> np.ndarray:
     """Cut ``items`` into chunks, have ``runner`` embed the missing ones, and return the full matrix.
 
@@ -107,7 +110,7 @@ def run_chunks(
     if cache_dir is None:
         out = np.zeros((n, dim), np.float32)
         plan = [(i, list(items[s : s + chunk_size])) for i, s in enumerate(range(0, n, chunk_size))]
-        with tqdm(total=n, desc=label, unit=kind) as bar:
+        with tqdm(total=n, desc=label, unit=kind, disable=not progress) as bar:
             for idx, mat in runner(plan):
                 start = idx * chunk_size
                 out[start : start + len(plan[idx][1])] = check_embeddings(mat, len(plan[idx][1]), dim, name)
@@ -137,7 +140,7 @@ def run_chunks(
     bounds = [(i, s, min(s + chunk_size, n)) for i, s in enumerate(range(0, n, chunk_size))]
     todo = [(i, s, e) for i, s, e in bounds if not _chunk_ok(folder / _chunk_name(i), e - s, dim)]
     done_rows = n - sum(e - s for _, s, e in todo)
-    with tqdm(total=n, initial=done_rows, desc=label, unit=kind) as bar:
+    with tqdm(total=n, initial=done_rows, desc=label, unit=kind, disable=not progress) as bar:
         for idx, mat in runner([(i, list(items[s:e])) for i, s, e in todo]):
             _, s, e = bounds[idx]
             _save_atomic(folder / _chunk_name(idx), check_embeddings(mat, e - s, dim, name))

@@ -40,6 +40,7 @@ def first_stage(
     precomputed: str | os.PathLike | None = None,
     index_options: dict[str, Any] | None = None,
     query_batch: int = 1024,
+    progress: bool = True,
 ) -> Ranked:
     """Top-``top_n`` candidates of every query of ``task``: ``{qid: [(did, score), ...]}``, best first.
 
@@ -48,6 +49,7 @@ def first_stage(
     ``ray_address``: embed over Ray (``"local"`` starts a local cluster, ``"auto"`` joins a running one).
     ``precomputed``: a candidate file (our jsonl, or V-Retrver's parquet) used instead of embedding; its
     lists are filtered by the same modality and gallery rules and cut to ``top_n``.
+    ``progress`` shows a bar per embedding pass.
     Every query of the task has a key; a query with nothing eligible gets an empty list.
     """
     if top_n < 1:
@@ -59,7 +61,12 @@ def first_stage(
     emb = make_embedder(embedder) if isinstance(embedder, str) else embedder
     cands = list(task.pool.values())
     cand_ids = [c.id for c in cands]
-    common = {"cache_dir": cache_dir, "batch_size": batch_size, "chunk_size": chunk_size}
+    common = {
+        "cache_dir": cache_dir,
+        "batch_size": batch_size,
+        "chunk_size": chunk_size,
+        "progress": progress,
+    }
     if ray_address is not None:
         # One set of actors (one model copy per GPU) embeds both sides.
         with RayEmbedPool(emb, ray_address, num_workers) as pool:
@@ -248,6 +255,7 @@ class RayEmbedPool:
         chunk_size: int = 2048,
         cache_dir: str | os.PathLike | None = None,
         desc: str | None = None,
+        progress: bool = True,
     ) -> np.ndarray:
         """Rows in the order of ``items``; each finished chunk is cached at once (resumable)."""
 
@@ -266,6 +274,7 @@ class RayEmbedPool:
             cache_dir=cache_dir,
             chunk_size=chunk_size,
             desc=desc or f"embed {kind}s over Ray",
+            progress=progress,
         )
 
     def close(self) -> None:
