@@ -129,6 +129,12 @@ def candidates_file(path: Path) -> Path:
     return path
 
 
+def mbeir_args(root: Path, retriever: str | None, tasks: str, *more: str) -> list[str]:
+    """`vretrver eval` arguments for M-BEIR tasks under ``root``, then ``more``."""
+    args = ["--benchmark", "mbeir", "--data-root", str(root), "--tasks", tasks]
+    return [*args, *(["--retriever", retriever] if retriever else []), *more]
+
+
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     code = main(["eval", "--quiet", *args])
     out, err = capsys.readouterr()
@@ -146,20 +152,9 @@ def test_precomputed_first_stage_metrics_counts_and_files(mbeir, tmp_path, capsy
     src = candidates_file(tmp_path / "cands.jsonl")
     out = tmp_path / "res"
     code, stdout, _ = run_cli(
-        [
-            "--benchmark",
-            "mbeir",
-            "--data-root",
-            str(mbeir),
-            "--tasks",
-            "mscoco_task0,mscoco_task3",
-            "--retriever",
-            f"precomputed:{src}",
-            "--top-n",
-            "10",
-            "--out",
-            str(out),
-        ],
+        mbeir_args(
+            mbeir, f"precomputed:{src}", "mscoco_task0,mscoco_task3", "--top-n", "10", "--out", str(out)
+        ),
         capsys,
     )
     assert code == 0
@@ -194,20 +189,7 @@ def test_precomputed_first_stage_metrics_counts_and_files(mbeir, tmp_path, capsy
 
 def test_hash_embedder_first_stage(mbeir, tmp_path, capsys):
     out = tmp_path / "res"
-    args = [
-        "--benchmark",
-        "mbeir",
-        "--data-root",
-        str(mbeir),
-        "--tasks",
-        "mscoco_task0,mscoco_task3",
-        "--retriever",
-        "hash:32",
-        "--top-n",
-        "5",
-        "--out",
-        str(out),
-    ]
+    args = mbeir_args(mbeir, "hash:32", "mscoco_task0,mscoco_task3", "--top-n", "5", "--out", str(out))
     code, _, _ = run_cli(args, capsys)
     assert code == 0
     s = json.loads((out / "summary.json").read_text())
@@ -237,8 +219,7 @@ def test_global_pool(mbeir, tmp_path, capsys):
     ]
     write_jsonl(mbeir / "cand_pool/global/mbeir_union_test_cand_pool.jsonl", union)
     out = tmp_path / "res"
-    args = ["--benchmark", "mbeir", "--data-root", str(mbeir), "--tasks", "mscoco_task0,mscoco_task3"]
-    args += ["--retriever", "hash:32", "--top-n", "20", "--out", str(out)]
+    args = mbeir_args(mbeir, "hash:32", "mscoco_task0,mscoco_task3", "--top-n", "20", "--out", str(out))
     code, _, err = run_cli([*args, "--pool", "global"], capsys)
     assert code == 0
     assert "pool mbeir_" not in err  # --quiet: no progress bar while the pool is read
@@ -297,18 +278,7 @@ def test_global_pool_only_for_mbeir(tmp_path, capsys):
 def test_malformed_files_give_one_clean_error_line(mbeir, tmp_path, capsys, file, content, expected):
     write(mbeir / file, content)
     code, _, err = run_cli(
-        [
-            "--benchmark",
-            "mbeir",
-            "--data-root",
-            str(mbeir),
-            "--tasks",
-            "mscoco_task0",
-            "--retriever",
-            "hash",
-            "--out",
-            str(tmp_path / "res"),
-        ],
+        mbeir_args(mbeir, "hash", "mscoco_task0", "--out", str(tmp_path / "res")),
         capsys,
     )
     assert code == 2
@@ -324,34 +294,14 @@ def test_malformed_candidate_file_and_missing_data_root(mbeir, tmp_path, capsys)
     bad = tmp_path / "cands.jsonl"
     bad.write_text('{"qid": "9:1", "ranked": ["9:101"]}\n{"qid": "9:2", "ranked": "9:102"}\n')
     code, _, err = run_cli(
-        [
-            "--benchmark",
-            "mbeir",
-            "--data-root",
-            str(mbeir),
-            "--tasks",
-            "mscoco_task0",
-            "--retriever",
-            f"precomputed:{bad}",
-            "--out",
-            str(tmp_path / "res"),
-        ],
+        mbeir_args(mbeir, f"precomputed:{bad}", "mscoco_task0", "--out", str(tmp_path / "res")),
         capsys,
     )
     assert code == 2 and "Traceback" not in err
     assert f"error: {bad}:2: field 'ranked': expected a list of candidate id strings" in err
 
     code, _, err = run_cli(
-        [
-            "--benchmark",
-            "mbeir",
-            "--data-root",
-            str(tmp_path / "nowhere"),
-            "--tasks",
-            "mscoco_task0",
-            "--out",
-            str(tmp_path / "res2"),
-        ],
+        mbeir_args(tmp_path / "nowhere", None, "mscoco_task0", "--out", str(tmp_path / "res2")),
         capsys,
     )
     assert code == 2 and "Traceback" not in err
@@ -367,18 +317,7 @@ def test_missing_images_are_listed_or_skipped_and_counted(mbeir, tmp_path, capsy
     src = candidates_file(tmp_path / "cands.jsonl")
     for n in (105, 107):
         (mbeir / IMG.format(n)).unlink()
-    args = [
-        "--benchmark",
-        "mbeir",
-        "--data-root",
-        str(mbeir),
-        "--tasks",
-        "mscoco_task0",
-        "--retriever",
-        f"precomputed:{src}",
-        "--top-n",
-        "10",
-    ]
+    args = mbeir_args(mbeir, f"precomputed:{src}", "mscoco_task0", "--top-n", "10")
     code, _, err = run_cli([*args, "--out", str(tmp_path / "a")], capsys)
     assert code == 2 and "Traceback" not in err
     assert "mscoco_task0: 2 image files are missing (first 2: " in err
@@ -665,18 +604,7 @@ def test_prepare_task_counts_what_other_readers_may_pass_on(tmp_path):
 def test_summarize_command_writes_one_table(mbeir, tmp_path, capsys):
     src = candidates_file(tmp_path / "cands.jsonl")
     root = tmp_path / "eval_all"
-    args = [
-        "--benchmark",
-        "mbeir",
-        "--data-root",
-        str(mbeir),
-        "--tasks",
-        "mscoco_task0",
-        "--retriever",
-        f"precomputed:{src}",
-        "--top-n",
-        "10",
-    ]
+    args = mbeir_args(mbeir, f"precomputed:{src}", "mscoco_task0", "--top-n", "10")
     assert run_cli([*args, "--out", str(root / "ckpt" / "mbeir")], capsys)[0] == 0
     assert main(["summarize", str(root)]) == 0
     printed = capsys.readouterr().out
