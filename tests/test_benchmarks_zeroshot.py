@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from vretrver.benchmarks import MissingDataError, load_benchmark
+from vretrver.benchmarks.registry import reader_arguments
 from vretrver.benchmarks.zeroshot import (
     load_circo,
     load_genecis,
@@ -90,6 +91,8 @@ def test_circo_val(circo):
     assert q.query.images == [t.pool["85932"].image]
     assert q.positives == ["9761", "489535", "57541"]
     assert q.meta["shared_concept"] == "a teddy bear" and q.meta["candidate_modality"] == "image"
+    # CIRCO's Recall@k counts only this image, its mAP@k all of gt_img_ids
+    assert q.meta["target_img_id"] == "9761"
 
 
 def test_circo_test_has_no_labels_and_writes_a_submission(circo, tmp_path):
@@ -115,6 +118,17 @@ def test_circo_errors(circo):
     ann[0]["reference_img_id"] = 4242
     dump(val, ann)
     with pytest.raises(SampleError, match=r"val\.json \[item 0\]: field 'reference_img_id'"):
+        load_circo(circo, "val")
+    ann[0]["reference_img_id"] = 85932
+    ann[0]["target_img_id"] = 12
+    dump(val, ann)
+    with pytest.raises(
+        SampleError, match=r"\[item 0\]: field 'target_img_id': expected one of gt_img_ids, got 12"
+    ):
+        load_circo(circo, "val")
+    del ann[0]["target_img_id"]
+    dump(val, ann)
+    with pytest.raises(SampleError, match="field 'target_img_id': expected present"):
         load_circo(circo, "val")
     del ann[0]["gt_img_ids"]
     dump(val, ann)
@@ -176,6 +190,25 @@ def test_genecis_coco_task(genecis):
     assert q0.meta["gallery"] == ["285", "632", "724"]
     assert q1.meta["gallery"] == ["139", "285"]
     assert sorted(t.pool) == ["139", "285", "632", "724"]
+
+
+def test_genecis_gallery_repeating_its_target_keeps_the_upstream_copies(genecis):
+    """The GeneCIS / LamRA scorers rank [target, *gallery] as listed. One change_object query of the
+    released annotations lists its target again in the gallery: that image takes two ranks there."""
+    path = genecis / "annotations/change_object.json"
+    ann = json.loads(path.read_text())
+    ann[0]["gallery"].append({"val_image_id": 285})  # the target again
+    ann[0]["gallery"].append({"val_image_id": 632})  # and a gallery image twice
+    dump(path, ann)
+    (t,) = load_genecis(genecis, ["change_object"])
+    q0, q1 = t.queries
+    assert q0.meta["gallery"] == ["285", "632", "724"]  # each image once in the first stage
+    assert q0.meta["copies"] == {"285": 2, "632": 2}
+    assert "copies" not in q1.meta
+    (t,) = load_genecis(genecis, ["change_object"], duplicates="drop")
+    assert "copies" not in t.queries[0].meta
+    with pytest.raises(ValueError, match="duplicates must be one of"):
+        load_genecis(genecis, ["change_object"], duplicates="twice")
 
 
 def test_genecis_visual_genome_crops_are_cut_once(genecis):
@@ -362,6 +395,35 @@ def test_mtfiq_rounds(mtfiq, tmp_path):
     other.mkdir(parents=True)
     (t,) = load_benchmark("mtfiq", mtfiq, image_dir=other, limit=1)
     assert len(t.queries) == 1 and t.pool["B008VPNQCK"].image == str(other / "B008VPNQCK.jpg")
+
+
+def test_mtfiq_pool_listing_an_image_twice(mtfiq):
+    """split.all.val.json names 17 of its 6,274 images twice; LamRA embeds the list as is, so each copy
+    takes a rank. The pool keeps one candidate per image and records the copies for scoring."""
+    dump(
+        mtfiq / "image_splits/split.all.val.json",
+        ["B008VPNQCK", "B0090KHN7E", "B009OCO9XO", "B0090KHN7E", "B0090KHN7E"],
+    )
+    (t,) = load_mtfiq(mtfiq)
+    assert sorted(t.pool) == ["B008VPNQCK", "B0090KHN7E", "B009OCO9XO"]
+    assert t.meta["copies"] == {"B0090KHN7E": 3}
+    assert t.issues == {"positives_not_in_pool": 1, "repeated_dids": 2}
+    (t,) = load_mtfiq(mtfiq, duplicates="drop")
+    assert "copies" not in t.meta and t.issues["duplicate_dids"] == 2
+
+
+def test_reader_arguments_are_checked_against_the_reader(mtfiq, genecis, circo):
+    with pytest.raises(ValueError) as e:
+        load_benchmark("mtfiq", mtfiq, image_folder="x")
+    msg = str(e.value)
+    assert "load_mtfiq takes no argument 'image_folder'" in msg
+    assert "it accepts: category, image_dir, duplicates" in msg
+    with pytest.raises(ValueError, match="load_circo takes no argument 'vg_dir'; it accepts: none"):
+        load_benchmark("circo", circo, vg_dir="x")
+    assert reader_arguments("genecis") == ["vg_dir", "duplicates"]
+    assert reader_arguments("mbeir") == ["pool", "check_images", "progress", "instruction"]
+    (t,) = load_benchmark("mtfiq", mtfiq, category="all", duplicates="drop")
+    assert t.meta["category"] == "all"
 
 
 def test_mtfiq_bad_reference(mtfiq):

@@ -1,4 +1,5 @@
 import math
+import random
 
 import pytest
 
@@ -7,6 +8,7 @@ from vretrver.metrics import (
     PAPER_RESULTS,
     average_precision_at_k,
     benchmark_average,
+    expand_copies,
     paper_metric,
     recall_at_k,
     score_task,
@@ -106,3 +108,62 @@ def test_the_16_task_average_matches_the_paper():
     per_task = {t: {paper_metric(t): ours[t] / 100} for t in MBEIR_TASKS}
     assert round(100 * benchmark_average(per_task), 1) == ours["average"] == 69.7
     assert PAPER_RESULTS["mbeir"]["LamRA-7B"]["average"] == 63.7
+
+
+# --------------------------------------------------------------------------- CIRCO's definitions
+
+
+def circo_reference(ranked: list[str], gt: list[str], target: str, k: int) -> tuple[float, float]:
+    """CIRCO's evaluation restated: with labels[i] = (ranked[i] in gt), precision at a hit is the number
+    of hits so far over the rank; AP@k sums those over the first k ranks and divides by min(len(gt), k).
+    Recall@k is the count of positions among the first k that equal the target image."""
+    labels = [d in gt for d in ranked]
+    hits, prec = 0, []
+    for i, lab in enumerate(labels, 1):
+        hits += lab
+        prec.append(hits / i if lab else 0.0)
+    ap = sum(prec[:k]) / min(len(gt), k)
+    recall = float(sum(d == target for d in ranked[:k]))
+    return ap, recall
+
+
+def test_circo_recall_counts_only_the_target_image():
+    # The target is ranked 2nd, another ground-truth image 1st: CIRCO's R@1 is 0, not 1.
+    ranked = ["g1", "t", "n1", "g2", "n2"]
+    gt, target = ["t", "g1", "g2"], "t"
+    score = score_task({"q": ranked}, {"q": gt}, ks=(1, 2, 5), map_ks=(5,), recall_positives={"q": [target]})
+    assert score.metrics["R@1"] == 0.0
+    assert score.metrics["R@2"] == 1.0
+    # mAP keeps every ground-truth image: (1/1 + 2/2 + 3/4) / min(3, 5)
+    assert score.metrics["mAP@5"] == pytest.approx((1 + 1 + 3 / 4) / 3)
+    for k in (1, 2, 5):
+        ap, rec = circo_reference(ranked, gt, target, k)
+        assert score_task(
+            {"q": ranked}, {"q": gt}, ks=(k,), map_ks=(k,), recall_positives={"q": [target]}
+        ).metrics == {
+            f"R@{k}": rec,
+            f"mAP@{k}": pytest.approx(ap),
+        }
+    # Without a target (every other benchmark) R@1 stays UniIR's "any positive".
+    assert score_task({"q": ranked}, {"q": gt}, ks=(1,)).metrics["R@1"] == 1.0
+
+
+def test_average_precision_equals_circos_formula_on_random_rankings():
+    rng = random.Random(7)
+    ids = [str(i) for i in range(40)]
+    for _ in range(300):
+        gt = rng.sample(ids, rng.randint(1, 12))  # more positives than k, and fewer
+        ranked = rng.sample(ids, rng.randint(0, 40))  # distinct ids, as CIRCO requires
+        for k in (1, 5, 10, 25, 50):
+            ap, rec = circo_reference(ranked, gt, gt[0], k)
+            assert average_precision_at_k(ranked, gt, k) == pytest.approx(ap)
+            assert recall_at_k(ranked, [gt[0]], k) == rec
+
+
+def test_expand_copies_gives_every_listed_copy_a_rank():
+    # An id listed twice upstream sits twice in the upstream ranking, pushing what follows down by one.
+    assert expand_copies(["a", "b", "c"], {"b": 2}) == ["a", "b", "b", "c"]
+    assert expand_copies(["a"], {}) == ["a"]
+    ranked = ["n", "dup", "x", "y", "p"]
+    assert recall_at_k(ranked, {"p"}, 5) == 1.0
+    assert recall_at_k(expand_copies(ranked, {"dup": 2}), {"p"}, 5) == 0.0

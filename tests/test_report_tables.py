@@ -13,6 +13,7 @@ from vretrver.metrics import MBEIR_TASKS, score_task
 from vretrver.report.tables import (
     collect_summaries,
     mbeir_table2,
+    metric_order,
     summarize,
     summary_csv,
     summary_markdown,
@@ -115,6 +116,49 @@ def test_markdown_shows_percentages_delta_and_counts():
     avg = next(line for line in lines if line.startswith("| **average**"))
     assert [c.strip() for c in avg.split("|")[4:7]] == ["29.8", "30.0", "+0.3"]  # (34.5+25)/2, (40+20)/2
     assert "- tuxpaint_t2i: 2 queries with neither text nor image (dropped)" in md
+
+
+def test_metric_columns_are_in_numeric_order():
+    """R@1, R@2, R@3, R@5, R@10 ..., then mAP@5, mAP@10, mAP@25, mAP@50: by k, not as strings sort."""
+    genecis = {"R@1": 0.3, "R@2": 0.5, "R@3": 0.6}
+    circo = {"R@1": 0.1, "R@5": 0.2, "R@10": 0.3, "R@25": 0.4, "R@50": 0.5}
+    circo.update({"mAP@5": 0.15, "mAP@10": 0.16, "mAP@25": 0.17, "mAP@50": 0.18})
+    s = summarize(
+        {
+            "genecis_change_object": task_entry(10, genecis, None, "R@1"),
+            "circo": task_entry(20, circo, None, "mAP@5"),
+        }
+    )
+    md = summary_markdown(s)
+    header = next(line for line in md.splitlines() if line.startswith("| task"))
+    columns = [c.strip() for c in header.split("|")[7:-1]]
+    assert columns == [
+        "R@1",
+        "R@2",
+        "R@3",
+        "R@5",
+        "R@10",
+        "R@25",
+        "R@50",
+        "mAP@5",
+        "mAP@10",
+        "mAP@25",
+        "mAP@50",
+    ]
+    row = next(line for line in md.splitlines() if line.startswith("| genecis_change_object"))
+    assert [c.strip() for c in row.split("|")[7:-1]] == ["30.0", "50.0", "60.0"] + ["-"] * 8
+    row = next(line for line in md.splitlines() if line.startswith("| circo"))
+    assert [c.strip() for c in row.split("|")[7:-1]][-4:] == ["15.0", "16.0", "17.0", "18.0"]
+    assert metric_order(["mAP@50", "R@10", "mAP@5", "R@2", "n_x"]) == [
+        "R@2",
+        "R@10",
+        "mAP@5",
+        "mAP@50",
+        "n_x",
+    ]
+    # the average row still has one cell per column
+    avg = next(line for line in md.splitlines() if line.startswith("| **average**"))
+    assert avg.count("|") == header.count("|")
 
 
 def test_mbeir_average_is_the_mean_of_16_paper_metrics_with_fashion_at_r10():

@@ -1,7 +1,11 @@
 """Retrieval metrics as the papers compute them, and the paper's reference numbers.
 
 - Recall@k is UniIR's hit rate: 1 if ANY positive is among the top k, else 0, averaged over queries.
+  CIRCO is the exception: its Recall@k counts only the query's ``target_img_id`` (the image the relative
+  caption was written for), while its mAP@k uses every ground-truth image (``recall_positives``).
 - mAP@k is CIRCO's: AP@k = sum_{i<=k} P@i * rel_i / min(#positives, k), averaged over queries.
+  CIRCO's scorer refuses a ranking that repeats an id; here a repeated id keeps its rank but earns
+  nothing, so on rankings without repeats the two agree exactly.
 
 All metrics are fractions in [0, 1]; :data:`PAPER_RESULTS` keeps the paper's percentages as printed.
 A query without positives cannot be scored: :func:`score_task` leaves it out and counts it
@@ -114,6 +118,23 @@ def recall_at_k(ranked: Sequence[str], positives: Iterable[str], k: int) -> floa
     return 1.0 if any(d in pos for d in list(ranked)[:k]) else 0.0
 
 
+def expand_copies(ranked: Sequence[str], copies: Mapping[str, int]) -> list[str]:
+    """``ranked`` with each id repeated as often as the upstream candidate list holds it.
+
+    Where an upstream evaluation embeds a candidate list that names an image twice (multi-turn FashionIQ's
+    image split, a GeneCIS gallery holding its target again, LamRA's concatenated M-BEIR pools), both copies
+    get the same vector and sit next to each other in its ranking, each taking a rank. Our pools keep one
+    copy per id; expanding the ranking afterwards gives the upstream ranks exactly (ties between copies
+    broken towards the first copy, as a stable sort does).
+    """
+    if not copies:
+        return list(ranked)
+    out: list[str] = []
+    for d in ranked:
+        out.extend([d] * max(1, copies.get(d, 1)))
+    return out
+
+
 def average_precision_at_k(ranked: Sequence[str], positives: Iterable[str], k: int) -> float:
     """CIRCO AP@k: sum over ranks i <= k of precision@i at each hit, divided by min(#positives, k)."""
     pos = _check(positives, k)
@@ -144,12 +165,15 @@ def score_task(
     ks: Sequence[int] = (1, 5, 10),
     map_ks: Sequence[int] = (),
     keep_per_query: bool = False,
+    recall_positives: Mapping[str, Iterable[str]] | None = None,
 ) -> TaskScore:
     """Score ranked lists against positives.
 
     The judged queries are the keys of ``positives`` with at least one positive. Runs of queries that
     have no positives (empty list, or absent from ``positives``) are counted in ``n_no_positives``.
     With nothing to score every metric is NaN, so an average over it is NaN too rather than a false 0.
+    ``recall_positives``: for the queries it names, R@k counts only these ids (CIRCO: the target image)
+    while mAP@k still uses all of ``positives``.
     """
     names = [f"R@{k}" for k in ks] + [f"mAP@{k}" for k in map_ks]
     sums = dict.fromkeys(names, 0.0)
@@ -165,7 +189,10 @@ def score_task(
         if ranked is None:
             n_missing += 1
             ranked = []
-        row = {f"R@{k}": recall_at_k(ranked, pos, k) for k in ks}
+        hit_ids = pos
+        if recall_positives is not None and recall_positives.get(qid):
+            hit_ids = set(recall_positives[qid])
+        row = {f"R@{k}": recall_at_k(ranked, hit_ids, k) for k in ks}
         row.update({f"mAP@{k}": average_precision_at_k(ranked, pos, k) for k in map_ks})
         for name in names:
             sums[name] += row[name]
@@ -181,9 +208,10 @@ def task_metrics(
     positives: Mapping[str, Iterable[str]],
     ks: Sequence[int] = (1, 5, 10),
     map_ks: Sequence[int] = (),
+    recall_positives: Mapping[str, Iterable[str]] | None = None,
 ) -> dict[str, float]:
     """``{"R@1": ..., "R@5": ..., "mAP@5": ...}`` as fractions; see :func:`score_task` for the counts."""
-    return score_task(runs, positives, ks, map_ks).metrics
+    return score_task(runs, positives, ks, map_ks, recall_positives=recall_positives).metrics
 
 
 def benchmark_average(per_task: Mapping[str, Mapping[str, float]]) -> float:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import os
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from vretrver.benchmarks import mbeir, tuxpaint, zeroshot
@@ -19,7 +21,7 @@ TASK_GROUPS: dict[str, tuple[str, ...]] = {
 
 BENCHMARKS: dict[str, str] = {
     "tuxpaint": "embedded mini-benchmark from the Tux Paint stamps (text->image, image->text; offline)",
-    "mbeir": "M-BEIR, the 16 evaluated pairs (local or global pool)",
+    "mbeir": "M-BEIR, the 16 evaluated pairs (local, global or lamra-global pool)",
     "heldout": "M-BEIR held-out tasks: NIGHTS task4, OVEN task6/8, InfoSeek task6/8",
     "circo": "CIRCO composed image retrieval (val scored locally; test -> submission file)",
     "genecis": "GeneCIS, four subtasks, each query ranks its own gallery",
@@ -35,6 +37,39 @@ REQUIRED_FILES: dict[str, list[str]] = {
 }
 
 
+READERS: dict[str, Callable[..., list[TaskData]]] = {
+    "tuxpaint": tuxpaint.load_tuxpaint,
+    "mbeir": mbeir.load_mbeir,
+    "heldout": mbeir.load_mbeir,
+    "circo": zeroshot.load_circo,
+    "genecis": zeroshot.load_genecis,
+    "visdial": zeroshot.load_visdial,
+    "vist": zeroshot.load_vist,
+    "mtfiq": zeroshot.load_mtfiq,
+}
+# Reader parameters that load_benchmark fills itself from its own arguments.
+_COMMON = ("data_root", "tasks", "split", "limit")
+
+
+def reader_arguments(name: str) -> list[str]:
+    """The keyword arguments a benchmark's reader takes beyond data root, tasks, split and limit."""
+    if name not in READERS:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}")
+    return [p for p in inspect.signature(READERS[name]).parameters if p not in _COMMON]
+
+
+def check_reader_args(name: str, kw: Mapping[str, Any]) -> None:
+    """Reject reader arguments the benchmark's reader does not take, naming the reader and what it takes."""
+    accepted = reader_arguments(name)
+    unknown = sorted(set(kw) - set(accepted))
+    if unknown:
+        reader = READERS[name]
+        raise ValueError(
+            f"{name}: reader {reader.__module__}.{reader.__name__} takes no argument {', '.join(map(repr, unknown))};"
+            f" it accepts: {', '.join(accepted) or 'none'}"
+        )
+
+
 def load_benchmark(
     name: str,
     data_root: str | os.PathLike | None = None,
@@ -45,9 +80,11 @@ def load_benchmark(
 ) -> list[TaskData]:
     """Load a benchmark's tasks. ``split`` defaults to the split the paper reports (CIRCO: val, whose
     labels are public); ``limit`` keeps the first N queries per task; ``kw`` goes to the reader
-    (e.g. ``pool="global"`` for M-BEIR, ``rounds=`` for visdial, ``category=`` for mtfiq)."""
+    (e.g. ``pool="global"`` for M-BEIR, ``rounds=`` for visdial, ``category=`` for mtfiq; see
+    :func:`reader_arguments`); an argument the reader does not take is an error that lists those it does."""
     if name not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}")
+    check_reader_args(name, kw)
     if name == "tuxpaint":
         return tuxpaint.load_tuxpaint(data_root, tasks, split or "test", limit, **kw)
     if data_root is None:

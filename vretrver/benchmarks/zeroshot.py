@@ -32,7 +32,7 @@ REQUIRED_FILES: dict[str, list[str]] = {
         "val2017/<12-digit id>.jpg  (COCO 2017 val images: change_object, focus_object)",
         "vg/{task}/<image_id>_<query index>_<role>.jpg  (Visual Genome crops: change_attribute, focus_attribute;"
         " role 0 reference, 1 target, 2.. gallery), or the Visual Genome 1.2 images in VG_100K/ and VG_100K_2/"
-        " (or VG_100K_all/) to cut them from on first use",
+        " (or VG_100K_all/, or the folder given by --vg-dir) to cut them from on first use",
     ],
     "visdial": ["visdial_1.0_val.json", "VisualDialog_val2018/VisualDialog_val2018_<12-digit id>.jpg"],
     "vist": [
@@ -43,7 +43,8 @@ REQUIRED_FILES: dict[str, list[str]] = {
         "data/{category}.{split}.json  (github.com/yfyuan01/MultiturnFashionRetrieval; category: all | dress |"
         " shirt | toptee)",
         "image_splits/split.{category}.{split}.json",
-        "images/<asin>.jpg  (FashionIQ images; or pass image_dir, e.g. M-BEIR/mbeir_images/fashioniq_images)",
+        "images/<asin>.jpg  (FashionIQ images; or pass --image-dir, e.g. M-BEIR/mbeir_images/fashioniq_images;"
+        " --category picks the category, default all)",
     ],
 }
 
@@ -63,6 +64,25 @@ def _list(x: Any, path: Path, what: str) -> list:
     return x
 
 
+# How a candidate id listed twice is scored: "keep" (default) gives every copy its own rank, as the
+# upstream evaluation (LamRA's, the paper's source) does by embedding the list as is; "drop" scores each
+# id once. See metrics.expand_copies.
+DUPLICATES = ("keep", "drop")
+
+
+def _check_duplicates(duplicates: str) -> None:
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates must be one of {DUPLICATES}, got {duplicates!r}")
+
+
+def copies_of(ids: Sequence[str]) -> dict[str, int]:
+    """``{id: n}`` for the ids that occur n > 1 times in ``ids``."""
+    counts: dict[str, int] = {}
+    for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    return {i: n for i, n in counts.items() if n > 1}
+
+
 def _task(
     name: str, queries: list[Sample], pool: dict[str, Candidate], issues: dict | None = None, **meta: Any
 ) -> TaskData:
@@ -77,6 +97,8 @@ def load_circo(data_root: str | os.PathLike, split: str = "val", limit: int | No
 
     The test split has no public labels (positives are empty); score it with the evaluation server via
     :func:`write_circo_submission`. ``meta["shared_concept"]`` keeps the annotators' disambiguation.
+    Val queries keep ``meta["target_img_id"]``, the image the caption was written for: CIRCO's Recall@k
+    counts only that one, its mAP@k every image of ``gt_img_ids`` (the positives).
     """
     if split not in ("val", "test"):
         raise ValueError(f"CIRCO splits are 'val' and 'test', got {split!r}")
@@ -90,7 +112,8 @@ def load_circo(data_root: str | os.PathLike, split: str = "val", limit: int | No
     for i, im in enumerate(_list(info["images"], info_path, "images")):
         im = _item(im, f"{info_path} [images {i}]", ("id", "file_name"))
         pool[str(im["id"])] = Candidate(id=str(im["id"]), image=str(img_dir / im["file_name"]))
-    keys = ("id", "reference_img_id", "relative_caption") + (("gt_img_ids",) if split == "val" else ())
+    keys = ("id", "reference_img_id", "relative_caption")
+    keys += ("gt_img_ids", "target_img_id") if split == "val" else ()
     queries = []
     for i, a in enumerate(_list(load_json(ann_path), ann_path, "queries")[:limit]):
         where = f"{ann_path} [item {i}]"
@@ -99,6 +122,12 @@ def load_circo(data_root: str | os.PathLike, split: str = "val", limit: int | No
         if ref not in pool:
             raise bad(where, "reference_img_id", f"an image listed in {info_path.name}", ref)
         meta = {"candidate_modality": "image", "split": split, "shared_concept": a.get("shared_concept")}
+        gt = [str(x) for x in a.get("gt_img_ids", [])]
+        if split == "val":
+            target = str(a["target_img_id"])
+            if target not in gt:
+                raise bad(where, "target_img_id", "one of gt_img_ids", a["target_img_id"])
+            meta["target_img_id"] = target
         queries.append(
             Sample(
                 id=str(a["id"]),
@@ -107,7 +136,7 @@ def load_circo(data_root: str | os.PathLike, split: str = "val", limit: int | No
                     images=[pool[ref].image],
                     instruction="Find everyday photos that show the reference photo changed as described.",
                 ),
-                positives=[str(x) for x in a.get("gt_img_ids", [])],
+                positives=gt,
                 task="circo",
                 dataset="circo",
                 meta=meta,
@@ -174,7 +203,9 @@ def _vg_source(image_id: str, vg_dirs: list[Path]) -> Path | None:
     return None
 
 
-def _genecis_task(root: Path, task: str, limit: int | None, vg_dirs: list[Path]) -> TaskData:
+def _genecis_task(
+    root: Path, task: str, limit: int | None, vg_dirs: list[Path], duplicates: str = "keep"
+) -> TaskData:
     candidates = [root / "annotations" / f"{task}.json", root / "genecis" / f"{task}.json"]
     ann_path = next((p for p in candidates if p.exists()), None)
     if ann_path is None:
@@ -215,7 +246,15 @@ def _genecis_task(root: Path, task: str, limit: int | None, vg_dirs: list[Path])
         target = image(a["target"], f"{where} target", i, 1)
         gallery = [image(g, f"{where} gallery[{j}]", i, 2 + j) for j, g in enumerate(a["gallery"])]
         # Sorted so the target's position in the gallery carries no hint.
-        meta = {"candidate_modality": "image", "gallery": sorted({target, *gallery}), "split": "val"}
+        meta: dict[str, Any] = {
+            "candidate_modality": "image",
+            "gallery": sorted({target, *gallery}),
+            "split": "val",
+        }
+        # The upstream scorer ranks [target, *gallery] as listed: a repeated image takes two ranks.
+        copies = copies_of([target, *gallery])
+        if copies and duplicates == "keep":
+            meta["copies"] = copies
         queries.append(
             Sample(
                 id=str(i),
@@ -253,19 +292,24 @@ def load_genecis(
     tasks: Sequence[str] | None = None,
     limit: int | None = None,
     vg_dir: str | os.PathLike | None = None,
+    duplicates: str = "keep",
 ) -> list[TaskData]:
     """GeneCIS: reference image + condition -> its own gallery (``meta["gallery"]``, target included).
 
     Unlike the original evaluation script, queries whose gallery is not of the most common length are
-    kept. Visual Genome crops missing under ``vg/<task>/`` are cut once from the full images.
+    kept. Visual Genome crops missing under ``vg/<task>/`` are cut once from the full images, found in
+    ``vg_dir`` (default: ``VG_100K_all/``, ``VG_100K/``, ``VG_100K_2/`` under the data root).
+    ``duplicates``: an image listed twice in ``[target, *gallery]`` takes two ranks ("keep", as the
+    GeneCIS and LamRA scorers) or one ("drop").
     """
+    _check_duplicates(duplicates)
     root = Path(data_root).expanduser().resolve()
     names = [t.removeprefix("genecis_") for t in (tasks or GENECIS_TASKS)]
     for t in names:
         if t not in GENECIS_TASKS:
             raise ValueError(f"GeneCIS tasks are {GENECIS_TASKS}, got {t!r}")
     vg_dirs = [Path(vg_dir)] if vg_dir else [root / d for d in ("VG_100K_all", "VG_100K", "VG_100K_2")]
-    return [_genecis_task(root, t, limit, vg_dirs) for t in names]
+    return [_genecis_task(root, t, limit, vg_dirs, duplicates) for t in names]
 
 
 # --------------------------------------------------------------------------- Visual Dialog
@@ -406,23 +450,29 @@ def load_mtfiq(
     category: str = "all",
     limit: int | None = None,
     image_dir: str | os.PathLike | None = None,
+    duplicates: str = "keep",
 ) -> list[TaskData]:
     """Multi-turn FashionIQ (Yuan & Lam, SIGIR 2021), the LamRA / MMRet setting.
 
     A query is a sequence of rounds (shown item, feedback); the feedback of each round describes the
     wanted item relative to the shown one (its two annotator sentences joined by "and"). The pool is
-    ``image_splits/split.<category>.<split>.json``.
+    ``image_splits/split.<category>.<split>.json``; images are ``<image_dir>/<name>.jpg`` (default
+    ``images/`` under the data root). ``split.all.val.json`` names 17 images twice: with
+    ``duplicates="keep"`` each copy takes a rank when scored, as in LamRA's evaluation; "drop" keeps one.
     """
+    _check_duplicates(duplicates)
     root = Path(data_root).expanduser().resolve()
     q_path = root / "data" / f"{category}.{split}.json"
     c_path = root / "image_splits" / f"split.{category}.{split}.json"
     img_dir = Path(image_dir).expanduser().resolve() if image_dir else root / "images"
     require([q_path, c_path, img_dir], "multi-turn FashionIQ")
     pool = {}
-    for i, asin in enumerate(_list(load_json(c_path), c_path, "image names")):
+    names = _list(load_json(c_path), c_path, "image names")
+    for i, asin in enumerate(names):
         if not isinstance(asin, str) or not asin:
             raise bad(f"{c_path} [item {i}]", "<item>", "an image name", asin)
-        pool[asin] = Candidate(id=asin, image=str(img_dir / f"{asin}.jpg"))
+        pool.setdefault(asin, Candidate(id=asin, image=str(img_dir / f"{asin}.jpg")))
+    copies = copies_of(names)
     queries: list[Sample] = []
     for i, q in enumerate(_list(load_json(q_path), q_path, "queries")[:limit]):
         where = f"{q_path} [item {i}]"
@@ -459,4 +509,10 @@ def load_mtfiq(
         )
     missing = sum(1 for s in queries if s.positives[0] not in pool)
     issues = {"positives_not_in_pool": missing} if missing else {}
-    return [_task("mtfiq", queries, pool, issues, benchmark="mtfiq", split=split, category=category)]
+    meta: dict[str, Any] = {"benchmark": "mtfiq", "split": split, "category": category}
+    if copies:
+        extra = sum(n - 1 for n in copies.values())
+        issues["repeated_dids" if duplicates == "keep" else "duplicate_dids"] = extra
+        if duplicates == "keep":
+            meta["copies"] = copies
+    return [_task("mtfiq", queries, pool, issues, **meta)]

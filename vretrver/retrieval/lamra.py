@@ -12,7 +12,8 @@ The convention of LamRA ("LamRA: Large Multimodal Model as Your Advanced Retriev
 * Texts are cleaned the way LamRA's data loaders clean them: stripped, carriage returns and surrounding
   double quotes removed, first letter upper-cased, a full stop added unless the text already ends with
   ``.``, ``?`` or ``!``. A query text is prefixed by its task instruction (M-BEIR's) and cleaned again.
-  Texts are cut to 480 tokens.
+  Texts are not cut: LamRA cuts query and candidate texts to 480 tokens only when training; its evaluation
+  embeds them whole (``max_text_tokens=480`` gives the training-time cut).
 * Images are resized so that they hold between 4 and 300 patches of 28 x 28 pixels.
 
 Because attention is causal, nothing after the embedding position changes it; we therefore feed the
@@ -84,7 +85,7 @@ class LamRAEmbedder:
         dtype: str = "auto",
         min_pixels: int = 4 * PATCH_PIXELS,
         max_pixels: int = 300 * PATCH_PIXELS,
-        max_text_tokens: int = 480,
+        max_text_tokens: int | None = None,
         use_instruction: bool = True,
         attn_implementation: str | None = None,
         prompts: LamRAPrompts | str | os.PathLike | None = None,
@@ -149,6 +150,8 @@ class LamRAEmbedder:
     # ------------------------------------------------------------------ prompts
 
     def _truncate(self, text: str) -> str:
+        if self.max_text_tokens is None:
+            return text
         tok = self._processor.tokenizer
         ids = tok(text, add_special_tokens=False)["input_ids"]
         return tok.decode(ids[: self.max_text_tokens]) if len(ids) > self.max_text_tokens else text

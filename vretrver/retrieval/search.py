@@ -3,7 +3,8 @@
 ``first_stage`` is the one entry point; it embeds through the on-disk cache (resumable), in this process
 or over a Ray cluster (``ray_address``: one actor per GPU, CPU actors where there is no GPU), and respects
 the per-query restrictions of the benchmarks: ``meta["candidate_modality"]`` (only candidates of exactly
-that modality, M-BEIR) and ``meta["gallery"]`` (the query ranks only these ids, GeneCIS).
+that modality, M-BEIR; not applied when the task's ``meta["modality_filter"]`` is False, as in LamRA's
+global setting) and ``meta["gallery"]`` (the query ranks only these ids, GeneCIS).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import dataclasses
 import functools
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,7 +38,7 @@ def first_stage(
     chunk_size: int = 2048,
     ray_address: str | None = None,
     num_workers: int | None = None,
-    precomputed: str | os.PathLike | None = None,
+    precomputed: str | os.PathLike | Ranked | None = None,
     index_options: dict[str, Any] | None = None,
     query_batch: int = 1024,
     progress: bool = True,
@@ -47,8 +48,8 @@ def first_stage(
     ``embedder``: an :class:`Embedder` or a spec for :func:`make_embedder` (``"offline"``, ``"lamra:PATH"``).
     ``index``: ``flat`` (exact), ``fp16`` or ``ivfpq`` (see :mod:`vretrver.retrieval.index`).
     ``ray_address``: embed over Ray (``"local"`` starts a local cluster, ``"auto"`` joins a running one).
-    ``precomputed``: a candidate file (our jsonl, or V-Retrver's parquet) used instead of embedding; its
-    lists are filtered by the same modality and gallery rules and cut to ``top_n``.
+    ``precomputed``: a candidate file (our jsonl, or V-Retrver's parquet), or lists already read from one,
+    used instead of embedding; its lists are filtered by the same modality and gallery rules and cut to ``top_n``.
     ``progress`` shows a bar per embedding pass.
     Every query of the task has a key; a query with nothing eligible gets an empty list.
     """
@@ -110,13 +111,14 @@ def first_stage(
 def _restrictions(task: TaskData) -> tuple[dict[str, str | None], dict[str, list[str] | None]]:
     modality_of: dict[str, str | None] = {}
     gallery_of: dict[str, list[str] | None] = {}
+    filter_modality = task.meta.get("modality_filter", True)
     for q in task.queries:
         cm = q.meta.get("candidate_modality")
         if cm is not None and not isinstance(cm, str):
             raise SampleError(
                 f"{task.name}: query {q.id}: field 'meta.candidate_modality': expected a string, got {cm!r}"
             )
-        modality_of[q.id] = cm or None
+        modality_of[q.id] = (cm or None) if filter_modality else None
         g = q.meta.get("gallery")
         if g is not None and (not isinstance(g, list) or not all(isinstance(x, str) for x in g)):
             raise SampleError(
@@ -127,9 +129,13 @@ def _restrictions(task: TaskData) -> tuple[dict[str, str | None], dict[str, list
 
 
 def _from_precomputed(
-    task: TaskData, path: str | os.PathLike, top_n: int, modality_of: dict, gallery_of: dict
+    task: TaskData, path: str | os.PathLike | Ranked, top_n: int, modality_of: dict, gallery_of: dict
 ) -> Ranked:
-    lists, stats = read_candidates(path, task)
+    if isinstance(path, Mapping):  # read (and its losses counted) by the caller
+        lists, counts, path = path, {}, "the given lists"
+    else:
+        lists, stats = read_candidates(path, task)
+        counts = {k: v for k, v in stats.as_dict().items() if v and k not in ("rows", "queries")}
     dropped = 0
     out: Ranked = {}
     for q in task.queries:
@@ -143,7 +149,6 @@ def _from_precomputed(
         ]
         dropped += len(pairs) - len(kept)
         out[q.id] = kept[:top_n]
-    counts = {k: v for k, v in stats.as_dict().items() if v and k not in ("rows", "queries")}
     if counts or dropped:
         log.warning(
             "%s: candidates from %s: %s, %d outside the query's modality/gallery",
