@@ -5,24 +5,47 @@ jsonl, one line per query (what :func:`vretrver.retrieval.search.write_candidate
     {"qid": "9:1", "ranked": ["9:17", "9:4", ...], "scores": [0.83, 0.81, ...]}
 
 ``scores`` is optional (without it, scores are minus the rank: 0, -1, -2, ...). A malformed line raises
-:class:`~vretrver.samples.SampleError` naming file, line and field. Given the task, lines for unknown
-queries and ids missing from the pool are dropped and counted in :class:`PrecomputedStats`.
+:class:`~vretrver.samples.SampleError` naming file, line and field.
 
-V-Retrver parquet (the public evaluation files): one row per query, the query id in a column (``qid`` by
-default, or ``extra_info.qid``) and the first-stage list in ``hit``. What we could confirm of a ``hit``
-entry from the public release is a record with ``candidate_images`` (an image path) and
-``candidate_texts``; entries may also be plain id strings or carry an id field. A hit is resolved to a
-pool id by, in order: an id field (``hit_id_key``, else the first of ``did``, ``candidate_id``,
-``cand_id``, ``id``); the image path (exact, else the longest unique match of its last 3, 2 or 1 path
-components, since the files name paths on the authors' machines); the text (exact, if unique in the pool).
+V-Retrver parquet (the public evaluation files): one row per query; ``prompt`` (the [system, user]
+messages with ``<image>`` placeholders), ``images``, ``extra_info`` (``qid``, ``query_image``,
+``query_text``, ``candidate_images``, ``candidate_texts``, ...) and ``hit``, the first-stage list, whose
+entries hold ``candidate_images`` (an image path) and ``candidate_texts``. The query id is read from a
+column (``qid`` by default, else ``extra_info.qid``); an integer id is LamRA's hashed form
+``dataset_id * 500000 + n`` and is read back as ``"dataset_id:n"``.
+
+A hit is resolved to a pool id by an id field when it has one (``hit_id_key``, else the first of ``did``,
+``candidate_id``, ``cand_id``, ``id``; an integer is LamRA's hashed ``dataset_id * 10000000 + n``), else
+by what it shows:
+
+* the image path: exact, else by its last 3, 2 or 1 path components (the files name paths on the
+  authors' machines);
+* the text: as in the pool, else as LamRA writes candidate texts into its rerank prompts
+  (:func:`lamra_format`), else as a prefix of a LamRA-formatted pool text (LamRA's rerank training data
+  cuts candidate texts to 256 tokenizer tokens; a cut text is accepted from
+  :data:`MIN_PREFIX_CHARS` characters on, and only when it names one text);
+* with both, the candidates matching both are preferred.
+
+Identical texts (or images) held by several pool ids are distinct candidates: the hits that show them
+take those ids in pool order, one each, so a list keeps its length. An id a concatenated pool holds n
+times (``task.meta["copies"]``) may be listed n times; the repeats are left to the scorer, which ranks
+every copy.
+
+Given the task, everything that does not become a distinct candidate of a task query is counted in
+:class:`PrecomputedStats` with the first few examples: hits that match nothing (or match ambiguously, or
+repeat an earlier hit), ids missing from the pool, rows whose query id is unknown, task queries without
+a row. :func:`check_losses` turns those counts into an error unless the caller allows them: a shortened
+list moves the window boundaries of the reranking, so a silent loss would change results.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,20 +54,100 @@ from vretrver.samples import Candidate, SampleError, TaskData, iter_jsonl
 
 Ranked = dict[str, list[tuple[str, float]]]
 HIT_ID_KEYS = ("did", "candidate_id", "cand_id", "id")
+# LamRA's integer forms of M-BEIR ids (dataset/datasets_mbeir*.py, hash_qid / hash_did).
+QID_HASH_BASE = 500_000
+DID_HASH_BASE = 10_000_000
+# A hit text that matches no pool text is tried as a cut-off prefix from this length on (a 256-token cut
+# is far longer; short texts would match too many captions by chance).
+MIN_PREFIX_CHARS = 64
+EXAMPLES = 5  # examples kept per run, for the error message
+
+
+def lamra_format(s: str | None) -> str:
+    """A text as LamRA puts it in its prompts (its ``format_string``).
+
+    Carriage returns removed, surrounding whitespace and then double quotes stripped, the first character
+    upper-cased, and a period added unless the text ends with ``.``, ``?`` or ``!``.
+    """
+    s = (s or "").replace("\r", "").strip().strip('"')
+    if s:
+        s = s[0].upper() + s[1:]
+        if s[-1] not in ".?!":
+            s += "."
+    return s
+
+
+def unhash_qid(n: int) -> str:
+    """``dataset_id * 500000 + k`` -> ``"dataset_id:k"`` (LamRA's ``unhash_qid``)."""
+    return f"{n // QID_HASH_BASE}:{n % QID_HASH_BASE}"
+
+
+def unhash_did(n: int) -> str:
+    """``dataset_id * 10000000 + k`` -> ``"dataset_id:k"`` (LamRA's ``unhash_did``)."""
+    return f"{n // DID_HASH_BASE}:{n % DID_HASH_BASE}"
 
 
 @dataclass
 class PrecomputedStats:
     rows: int = 0  # lines / rows read
     queries: int = 0  # queries kept
-    unknown_qids: int = 0  # rows whose query is not in the task
-    unknown_dids: int = 0  # list entries not in the pool (dropped)
-    unresolved_hits: int = 0  # parquet hits that matched no pool candidate (dropped)
+    unknown_qids: int = 0  # rows whose query id is not a query of the benchmark
+    other_rows: int = 0  # rows of queries not scored here (other tasks, dropped, past --limit)
+    dropped_dids: int = 0  # entries naming candidates the caller dropped from the pool (missing images)
+    unknown_dids: int = 0  # list entries naming an id that is not in the pool
+    unresolved_hits: int = 0  # parquet hits that did not become a distinct pool candidate
     missing_queries: int = 0  # task queries without a row
-    notes: list[str] = field(default_factory=list)
+    copy_hits: int = 0  # repeats of an id the pool holds several copies of (task.meta["copies"]): not lost
+    # How parquet hits were matched: id, image, text, text_lamra, text_prefix (and "+"-joined pairs).
+    matched: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, int]:
         return {k: v for k, v in self.__dict__.items() if isinstance(v, int)}
+
+    @property
+    def losses(self) -> int:
+        """Entries or queries that were dropped: each one shortens or empties a first-stage list."""
+        return self.unresolved_hits + self.unknown_dids + self.unknown_qids + self.missing_queries
+
+    def issues(self) -> dict[str, int]:
+        """The counts as they go into a task's ``issues`` (zeros included: the check ran)."""
+        return {
+            "precomputed_unresolved_hits": self.unresolved_hits,
+            "precomputed_unknown_dids": self.unknown_dids,
+            "precomputed_unknown_qids": self.unknown_qids,
+            "precomputed_missing_queries": self.missing_queries,
+        }
+
+    def note(self, text: str) -> None:
+        if len(self.examples) < EXAMPLES:
+            self.examples.append(text)
+
+
+class UnresolvedCandidatesError(SampleError):
+    """A candidate file names queries or candidates that cannot be matched to the benchmark."""
+
+
+def check_losses(stats: PrecomputedStats, path: str | os.PathLike, max_unresolved: int = 0) -> None:
+    """Raise :class:`UnresolvedCandidatesError` if more than ``max_unresolved`` entries were lost."""
+    if stats.losses <= max_unresolved:
+        return
+    parts = [
+        f"{n} {what}"
+        for n, what in (
+            (stats.unresolved_hits, "hits matching no distinct pool candidate"),
+            (stats.unknown_dids, "candidate ids not in the pool"),
+            (stats.unknown_qids, "rows with an unknown query id"),
+            (stats.missing_queries, "queries without a row"),
+        )
+        if n
+    ]
+    raise UnresolvedCandidatesError(
+        f"{path}: {stats.losses} first-stage entries cannot be used ({', '.join(parts)}); "
+        f"first {len(stats.examples)}: {' | '.join(stats.examples)}. Each loss shortens a list and moves "
+        "the reranking windows: check --data-root, --pool and the file, or pass "
+        f"--max-unresolved {stats.losses} to score anyway (the counts go into summary.json)"
+    )
 
 
 def _fail(where: str, field_name: str, expected: str, got: Any = None) -> SampleError:
@@ -52,20 +155,47 @@ def _fail(where: str, field_name: str, expected: str, got: Any = None) -> Sample
     return SampleError(f"{where}: field '{field_name}': expected {expected}{shown}")
 
 
+def _short(v: Any, n: int = 60) -> str:
+    s = json.dumps(v, ensure_ascii=False, default=repr)
+    return s if len(s) <= n else s[: n - 3] + '..."'
+
+
+OtherQuery = Callable[[str], bool]
+
+
 def read_candidates(
-    path: str | os.PathLike, task: TaskData | None = None, top_n: int | None = None, **kw: Any
+    path: str | os.PathLike,
+    task: TaskData | None = None,
+    top_n: int | None = None,
+    is_other_query: OtherQuery | None = None,
+    full_pool: dict[str, Candidate] | None = None,
+    **kw: Any,
 ) -> tuple[Ranked, PrecomputedStats]:
-    """Read a candidate file by its suffix: ``.jsonl`` (ours) or ``.parquet`` (V-Retrver's ``hit``)."""
+    """Read a candidate file by its suffix: ``.jsonl`` (ours) or ``.parquet`` (V-Retrver's ``hit``).
+
+    ``is_other_query(qid)``: true for ids of queries that exist but are not scored with ``task`` (other
+    tasks of a shared file, queries dropped or past a limit); their rows are skipped and counted in
+    ``other_rows``. Every other id that is not a query of ``task`` counts as unknown.
+    ``full_pool``: the pool before the caller dropped candidates from ``task.pool`` (e.g. for missing
+    images); hits are matched against it, and entries it has but ``task.pool`` lacks are only counted
+    (``dropped_dids``).
+    """
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".json"):
-        return read_candidates_jsonl(path, task, top_n)
+        return read_candidates_jsonl(path, task, top_n, is_other_query, full_pool)
     if suffix == ".parquet":
-        return read_hit_parquet(path, task, top_n=top_n, **kw)
+        return read_hit_parquet(
+            path, task, top_n=top_n, is_other_query=is_other_query, full_pool=full_pool, **kw
+        )
     raise ValueError(f"{path}: unknown candidate file type {suffix!r}; expected .jsonl or .parquet")
 
 
 def read_candidates_jsonl(
-    path: str | os.PathLike, task: TaskData | None = None, top_n: int | None = None
+    path: str | os.PathLike,
+    task: TaskData | None = None,
+    top_n: int | None = None,
+    is_other_query: OtherQuery | None = None,
+    full_pool: dict[str, Candidate] | None = None,
 ) -> tuple[Ranked, PrecomputedStats]:
     rows: list[tuple[str, str, list[str], list[float] | None]] = []
     for where, d in iter_jsonl(path):
@@ -87,14 +217,15 @@ def read_candidates_jsonl(
             if len(scores) != len(ranked):
                 raise _fail(where, "scores", f"as many scores as ranked ids ({len(ranked)})", len(scores))
         rows.append((where, qid, ranked, scores))
-    return _collect(rows, task, top_n, str(path))
+    return _collect(rows, task, top_n, is_other_query, full_pool)
 
 
 def _collect(
     rows: Iterable[tuple[str, str, list[str], list[float] | None]],
     task: TaskData | None,
     top_n: int | None,
-    path: str,
+    is_other_query: OtherQuery | None,
+    full_pool: dict[str, Candidate] | None,
 ) -> tuple[Ranked, PrecomputedStats]:
     stats = PrecomputedStats()
     out: Ranked = {}
@@ -106,22 +237,95 @@ def _collect(
             raise SampleError(f"{where}: field 'qid': \"{qid}\" already listed at {first_seen[qid]}")
         first_seen[qid] = where
         if known_q is not None and qid not in known_q:
-            stats.unknown_qids += 1
+            _outside(stats, task, qid, where, qid, is_other_query)
             continue
         sc = [float(s) for s in scores] if scores is not None else [-float(r) for r in range(len(ranked))]
         pairs = list(zip(ranked, sc))
         if task is not None:
-            kept = [(d, s) for d, s in pairs if d in task.pool]
-            stats.unknown_dids += len(pairs) - len(kept)
+            kept = []
+            for j, (d, s) in enumerate(pairs):
+                if d in task.pool:
+                    kept.append((d, s))
+                elif full_pool is not None and d in full_pool:
+                    stats.dropped_dids += 1
+                else:
+                    stats.unknown_dids += 1
+                    stats.note(f"{where} (query {qid}) ranked[{j}]: {d!r} is not in the pool")
             pairs = kept
         out[qid] = pairs[:top_n] if top_n is not None else pairs
-    stats.queries = len(out)
-    if known_q is not None:
-        stats.missing_queries = len(known_q - set(out))
+    _finish(stats, out, task)
     return out, stats
 
 
+def _outside(
+    stats: PrecomputedStats,
+    task: TaskData | None,
+    qid: str,
+    where: str,
+    raw: Any,
+    is_other_query: OtherQuery | None,
+) -> None:
+    if is_other_query is not None and is_other_query(qid):
+        stats.other_rows += 1
+        return
+    stats.unknown_qids += 1
+    shown = repr(qid) if raw == qid else f"{raw!r} (read as {qid!r})"
+    stats.note(f"{where}: query id {shown} is not a query of {task.name if task else 'the task'}")
+
+
+def _finish(stats: PrecomputedStats, out: Ranked, task: TaskData | None) -> None:
+    stats.queries = len(out)
+    if task is None:
+        return
+    for q in task.queries:
+        if q.id not in out:
+            stats.missing_queries += 1
+            stats.note(f"query {q.id} of {task.name} has no row")
+
+
 # --------------------------------------------------------------------------- V-Retrver parquet
+
+
+def _query_id(raw: Any, known: set[str] | None, where: str, column: str) -> str:
+    """A row's query id; integers (and all-digit strings) are LamRA-hashed ids unless the task has them."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = str(raw)
+    if not isinstance(raw, str) or not raw:
+        raise _fail(where, column, "a non-empty query id", raw)
+    if raw.isascii() and raw.isdigit() and (known is None or raw not in known):
+        return unhash_qid(int(raw))
+    return raw
+
+
+def _id_column(names: list[str], id_column: str, path: Any) -> tuple[str, str]:
+    top, _, sub = id_column.partition(".")
+    if top not in names:
+        if "extra_info" in names and id_column == "qid":
+            return "extra_info", "qid"
+        raise SampleError(f"{path}: no query id column '{id_column}' (columns: {', '.join(names)})")
+    return top, sub
+
+
+def _parquet_rows(
+    path: str | os.PathLike, id_column: str, column: str
+) -> Iterator[tuple[str, Any, Any, str]]:
+    """``(where, raw query id, value of column, id column name)`` for each row of the file."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    names = pf.schema_arrow.names
+    if column not in names:
+        raise SampleError(f"{path}: no column '{column}' (columns: {', '.join(names)})")
+    top, sub = _id_column(names, id_column, path)
+    shown = f"{top}.{sub}" if sub else top
+    n = 0
+    for batch in pf.iter_batches(columns=list(dict.fromkeys([top, column])), batch_size=256):
+        for rec in batch.to_pylist():
+            n += 1
+            raw = rec.get(top)
+            if sub:
+                raw = raw.get(sub) if isinstance(raw, dict) else None
+            yield f"{path}:row {n}", raw, rec.get(column), shown
 
 
 def read_hit_parquet(
@@ -131,6 +335,8 @@ def read_hit_parquet(
     hit_column: str = "hit",
     hit_id_key: str | None = None,
     top_n: int | None = None,
+    is_other_query: OtherQuery | None = None,
+    full_pool: dict[str, Candidate] | None = None,
 ) -> tuple[Ranked, PrecomputedStats]:
     """Read first-stage lists from a V-Retrver evaluation parquet (see the module docstring).
 
@@ -138,80 +344,202 @@ def read_hit_parquet(
     missing, ``extra_info.qid`` is tried. Hits given as records without an id field need ``task`` (its
     pool resolves image paths and texts to ids).
     """
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(path)
-    names = pf.schema_arrow.names
-    if hit_column not in names:
-        raise SampleError(f"{path}: no column '{hit_column}' (columns: {', '.join(names)})")
-    top, _, sub = id_column.partition(".")
-    if top not in names:
-        if "extra_info" in names and id_column == "qid":
-            top, sub = "extra_info", "qid"
-        else:
-            raise SampleError(f"{path}: no query id column '{id_column}' (columns: {', '.join(names)})")
-    resolver = _HitResolver(task.pool if task is not None else None, hit_id_key)
-
-    def rows() -> Iterator[tuple[str, str, list[str], list[float] | None]]:
-        n = 0
-        for batch in pf.iter_batches(columns=[top, hit_column], batch_size=1024):
-            for rec in batch.to_pylist():
-                n += 1
-                where = f"{path}:row {n}"
-                qid = rec.get(top)
-                if sub:
-                    qid = qid.get(sub) if isinstance(qid, dict) else None
-                if isinstance(qid, int) and not isinstance(qid, bool):
-                    qid = str(qid)
-                if not isinstance(qid, str) or not qid:
-                    raise _fail(where, f"{top}.{sub}" if sub else top, "a non-empty query id", qid)
-                hits = rec.get(hit_column)
-                if not isinstance(hits, list):
-                    raise _fail(where, hit_column, "a list of hits", hits)
-                ranked: list[str] = []
-                scores: list[float] = []
-                has_scores = True
-                for j, h in enumerate(hits):
-                    did, score = resolver.resolve(h, f"{where}", f"{hit_column}[{j}]")
-                    if did is None:
-                        continue
-                    if did in ranked:
-                        continue  # the same candidate listed twice: keep its best rank
-                    ranked.append(did)
-                    if score is None:
-                        has_scores = False
-                    scores.append(score if score is not None else 0.0)
-                yield where, qid, ranked, scores if has_scores and ranked else None
-
-    out, stats = _collect(rows(), task, top_n, str(path))
-    stats.unresolved_hits = resolver.unresolved
+    known_q = {q.id for q in task.queries} if task is not None else None
+    pool = full_pool if full_pool is not None else task.pool if task is not None else None
+    resolver = _HitResolver(pool, hit_id_key, task.meta.get("copies") if task else None)
+    stats = PrecomputedStats()
+    out: Ranked = {}
+    first_seen: dict[str, str] = {}
+    for where, raw, hits, id_name in _parquet_rows(path, id_column, hit_column):
+        qid = _query_id(raw, known_q, where, id_name)
+        stats.rows += 1
+        if qid in first_seen:
+            raise SampleError(f"{where}: field '{id_name}': \"{qid}\" already listed at {first_seen[qid]}")
+        first_seen[qid] = where
+        if known_q is not None and qid not in known_q:
+            _outside(stats, task, qid, where, raw, is_other_query)
+            continue
+        if not isinstance(hits, list):
+            raise _fail(where, hit_column, "a list of hits", hits)
+        pairs = resolver.row(hits, f"{where} (query {qid})", hit_column, stats)
+        if task is not None and pool is not task.pool:
+            kept = [(d, s) for d, s in pairs if d in task.pool]
+            stats.dropped_dids += len(pairs) - len(kept)
+            pairs = kept
+        out[qid] = pairs[:top_n] if top_n is not None else pairs
+    _finish(stats, out, task)
     return out, stats
 
 
+Prompt = list[dict[str, str]]
+
+
+def read_parquet_prompts(
+    path: str | os.PathLike,
+    task: TaskData | None = None,
+    id_column: str = "qid",
+    prompt_column: str = "prompt",
+) -> dict[str, Prompt]:
+    """Each query's ``prompt`` as ``[{"role": "system", "content": ...}, {"role": "user", "content": ...}]``.
+
+    The contents are kept exactly (``<image>`` placeholders included). Rows of queries outside ``task``
+    are skipped; query ids are read as :func:`read_hit_parquet` reads them.
+    """
+    known_q = {q.id for q in task.queries} if task is not None else None
+    out: dict[str, Prompt] = {}
+    for where, raw, prompt, id_name in _parquet_rows(path, id_column, prompt_column):
+        qid = _query_id(raw, known_q, where, id_name)
+        if known_q is not None and qid not in known_q:
+            continue
+        ok = (
+            isinstance(prompt, list)
+            and len(prompt) == 2
+            and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in prompt)
+            and [m.get("role") for m in prompt] == ["system", "user"]
+        )
+        if not ok:
+            raise _fail(
+                where, prompt_column, "[system, user] messages with string contents", _short(prompt, 80)
+            )
+        out[qid] = [{"role": m["role"], "content": m["content"]} for m in prompt]
+    return out
+
+
+def _multi_add(table: dict[str, Any], key: str, did: str) -> None:
+    # One id is kept as a str, several as a list (pool order): pools run to millions of entries.
+    cur = table.get(key)
+    if cur is None:
+        table[key] = did
+    elif isinstance(cur, list):
+        cur.append(did)
+    else:
+        table[key] = [cur, did]
+
+
+def _multi_get(table: dict[str, Any], key: str) -> list[str]:
+    cur = table.get(key)
+    if cur is None:
+        return []
+    return cur if isinstance(cur, list) else [cur]
+
+
 class _HitResolver:
-    def __init__(self, pool: dict[str, Candidate] | None, id_key: str | None):
+    """Maps hit records to pool ids; the lookup tables are built on first need."""
+
+    def __init__(
+        self, pool: dict[str, Candidate] | None, id_key: str | None, copies: dict[str, int] | None = None
+    ):
         self.pool = pool
         self.id_key = id_key
-        self.unresolved = 0
-        self._by_path: dict[str, str] = {}
-        self._by_suffix: list[dict[str, str | None]] = [{}, {}, {}]  # last 1, 2, 3 components
-        self._by_text: dict[str, str | None] = {}
-        if pool:
-            for did, c in pool.items():
+        self.copies = copies or {}
+        self._paths: list[dict[str, Any]] | None = None  # full path, last 3, 2, 1 components
+        self._texts: tuple[dict[str, Any], dict[str, Any]] | None = None  # as in the pool, LamRA-formatted
+        self._sorted: list[str] | None = None  # LamRA-formatted texts, sorted (prefix search)
+
+    # ---------------------------------------------------------------- tables
+
+    def _path_tables(self) -> list[dict[str, Any]]:
+        if self._paths is None:
+            self._paths = [{}, {}, {}, {}]
+            for did, c in (self.pool or {}).items():
                 if c.image:
                     norm = _posix(c.image)
-                    self._by_path[norm] = did
+                    _multi_add(self._paths[0], norm, did)
                     parts = PurePosixPath(norm).parts
-                    for k in (1, 2, 3):
-                        key = "/".join(parts[-k:])
-                        table = self._by_suffix[k - 1]
-                        table[key] = None if key in table and table[key] != did else did
-                if c.text:
-                    self._by_text[c.text] = None if c.text in self._by_text else did
+                    for k in (3, 2, 1):
+                        _multi_add(self._paths[4 - k], "/".join(parts[-k:]), did)
+        return self._paths
 
-    def resolve(self, h: Any, where: str, field_name: str) -> tuple[str | None, float | None]:
+    def _text_tables(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        if self._texts is None:
+            raw: dict[str, Any] = {}
+            fmt: dict[str, Any] = {}
+            for did, c in (self.pool or {}).items():
+                if c.text:
+                    _multi_add(raw, c.text, did)
+                    _multi_add(fmt, lamra_format(c.text), did)
+            self._texts = (raw, fmt)
+        return self._texts
+
+    def _image_ids(self, img: str) -> list[str]:
+        tables = self._path_tables()
+        norm = _posix(img)
+        ids = _multi_get(tables[0], norm)
+        if ids:
+            return ids
+        parts = PurePosixPath(norm).parts
+        for k in (3, 2, 1):
+            ids = _multi_get(tables[4 - k], "/".join(parts[-k:]))
+            if ids:
+                return ids
+        return []
+
+    def _text_ids(self, txt: str) -> tuple[list[str], str]:
+        raw, fmt = self._text_tables()
+        # Pool texts equal to the hit first, then those equal to it once both are LamRA-formatted.
+        same = _multi_get(raw, txt) or _multi_get(raw, txt.strip())
+        alike = _multi_get(fmt, txt) or _multi_get(fmt, lamra_format(txt))
+        if same or alike:
+            return list(dict.fromkeys(same + alike)), "text" if same else "text_lamra"
+        # A cut-off text (a tokenizer cut may leave a broken last character) is a prefix of one text.
+        head = txt.rstrip("\ufffd").rstrip()
+        if len(head) < MIN_PREFIX_CHARS:
+            return [], ""
+        if self._sorted is None:
+            self._sorted = sorted(fmt)
+        i = bisect.bisect_left(self._sorted, head)
+        found = []
+        while i < len(self._sorted) and self._sorted[i].startswith(head) and len(found) < 2:
+            found.append(self._sorted[i])
+            i += 1
+        if len(found) != 1:
+            return [], "ambiguous prefix" if found else ""
+        return _multi_get(fmt, found[0]), "text_prefix"
+
+    # ---------------------------------------------------------------- resolution
+
+    def row(
+        self, hits: list[Any], where: str, column: str, stats: PrecomputedStats
+    ) -> list[tuple[str, float]]:
+        """One query's hits as ``(pool id, score)``, in list order; losses counted in ``stats``."""
+        times: Counter = Counter()  # how often each id was taken in this list
+        ranked: list[str] = []
+        scores: list[float | None] = []
+        for j, h in enumerate(hits):
+            at = f"{where} {column}[{j}]"
+            choices, score, how = self.resolve(h, where, f"{column}[{j}]")
+            if not choices:
+                stats.unresolved_hits += 1
+                stats.note(f"{at}: {how}")
+                continue
+            if self.pool is not None and choices[0] not in self.pool:
+                stats.unknown_dids += 1
+                stats.note(f"{at}: id {choices[0]!r} is not in the pool")
+                continue
+            # The first choice not yet taken, else one the pool holds more copies of than taken so far.
+            did = next((d for d in choices if not times[d]), None)
+            if did is None:
+                did = next((d for d in choices if times[d] < self.copies.get(d, 1)), None)
+                if did is not None:
+                    times[did] += 1
+                    stats.copy_hits += 1
+                    continue
+                shown = f"candidate {choices[0]!r}" if how == "id" else f"all {len(choices)} candidates"
+                stats.unresolved_hits += 1
+                stats.note(f"{at}: repeats {shown} listed earlier ({how})")
+                continue
+            times[did] += 1
+            stats.matched[how] += 1
+            ranked.append(did)
+            scores.append(score)
+        if ranked and all(s is not None for s in scores):
+            return [(d, float(s)) for d, s in zip(ranked, scores)]  # type: ignore[arg-type]
+        return [(d, -float(r)) for r, d in enumerate(ranked)]
+
+    def resolve(self, h: Any, where: str, field_name: str) -> tuple[list[str], float | None, str]:
+        """``(pool ids it may be, in pool order; score; how it matched)``; no ids: ``how`` says why."""
         if isinstance(h, str):
-            return (h, None) if h else (self._miss(), None)
+            return ([h], None, "id") if h else ([], None, "an empty id")
         if not isinstance(h, dict):
             raise _fail(where, field_name, "a candidate id or a record", h)
         score = None
@@ -224,9 +552,9 @@ class _HitResolver:
         for key in keys:
             v = h.get(key)
             if isinstance(v, int) and not isinstance(v, bool):
-                v = str(v)
+                v = str(v) if self.pool is None or str(v) in self.pool else unhash_did(v)
             if isinstance(v, str) and v:
-                return v, score
+                return [v], score, "id"
         if self.id_key:
             raise _fail(where, f"{field_name}.{self.id_key}", "a candidate id")
         if self.pool is None:
@@ -235,40 +563,34 @@ class _HitResolver:
                 field_name,
                 f"an id field ({', '.join(HIT_ID_KEYS)}); hits without one need the task's pool",
             )
-        img = (
-            _first_str(h.get("candidate_images"))
-            or _first_str(h.get("candidate_image"))
-            or _first_str(h.get("img_path"))
-        )
-        if img:
-            norm = _posix(img)
-            if norm in self._by_path:
-                return self._by_path[norm], score
-            parts = PurePosixPath(norm).parts
-            for k in (3, 2, 1):
-                did = self._by_suffix[k - 1].get("/".join(parts[-k:]))
-                if did:
-                    return did, score
-        txt = (
-            _first_str(h.get("candidate_texts"))
-            or _first_str(h.get("candidate_text"))
-            or _first_str(h.get("txt"))
-        )
-        if txt:
-            did = self._by_text.get(txt) or self._by_text.get(txt.strip())
-            if did:
-                return did, score
-        return self._miss(), None
-
-    def _miss(self) -> None:
-        self.unresolved += 1
-        return None
+        img = _first_str(h, "candidate_images", "candidate_image", "img_path")
+        txt = _first_str(h, "candidate_texts", "candidate_text", "txt")
+        img_ids = self._image_ids(img) if img else []
+        txt_ids, txt_how = self._text_ids(txt) if txt else ([], "")
+        both = set(txt_ids)
+        if img_ids and any(d in both for d in img_ids):
+            choices, how = [d for d in img_ids if d in both], f"image+{txt_how}"
+        elif img_ids:
+            choices, how = img_ids, "image"
+        else:
+            choices, how = txt_ids, txt_how
+        shown = ", ".join(f"{k} {_short(v)}" for k, v in (("image", img), ("text", txt)) if v)
+        if not choices:
+            why = "an ambiguous text prefix" if txt_how == "ambiguous prefix" else "no pool candidate"
+            return [], None, f"{why} for {shown or 'a hit with no id, image or text'}"
+        if img_ids and len({_posix(self.pool[d].image or "") for d in choices}) > 1:
+            return [], None, f"several pool images end like {shown}"
+        return choices, score, how
 
 
-def _first_str(v: Any) -> str | None:
-    if isinstance(v, list):
-        v = v[0] if v else None
-    return v if isinstance(v, str) and v.strip() else None
+def _first_str(h: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        v = h.get(key)
+        if isinstance(v, list):
+            v = v[0] if v else None
+        if isinstance(v, str) and v.strip():
+            return v
+    return None
 
 
 def _posix(p: str) -> str:
