@@ -235,6 +235,67 @@ def test_empty_page_size_rejected(tmp_path: Path):
         write_report(results, page_size=0, progress=False)
 
 
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_an_oversized_image_is_skipped_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+):
+    from PIL import Image
+
+    from vretrver.cli import main
+
+    results = build_result_folder(tmp_path / "r", source="photos")
+    # A decompression bomb: PIL refuses a file whose header claims more than twice MAX_IMAGE_PIXELS. A
+    # 1-bit 2000 x 2000 PNG is 16 kB; with the limit at 1.5 M px it is one (4 M > 3 M), the photos are not.
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (2000, 2000), 1).save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_500_000)
+    f = results / "samples" / "demo_t2i.jsonl"
+    rows = _rows(f)
+    rows[0]["candidates"][4]["image"] = str(bomb)
+    write_jsonl(f, rows)
+    assert main(["view", str(results)]) == 0
+    out = results / "report"
+    assert sorted(p.name for p in out.glob("*.html")) == [
+        "demo_i2t-001.html",
+        "demo_t2i-001.html",
+        "index.html",
+    ]
+    page = (out / "demo_t2i-001.html").read_text()
+    assert "image not shown: bomb.png: too large" in page
+    assert page.count("<img ") > 20  # everything else is there
+    index = (out / "index.html").read_text()
+    assert "1 image files could not be shown" in index and str(bomb) in index
+    assert "bomb.png" in capsys.readouterr().err
+
+
+def test_report_reads_no_file_outside_the_results_and_the_samples(tmp_path: Path):
+    from PIL import Image
+
+    results = build_result_folder(tmp_path / "r", source="photos")
+    # A picture outside the result folder that no sample lists: a trajectory naming it (absolute, or
+    # climbing out with ..) must not get it copied into the report.
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(secret)
+    f = results / "trajectories" / "demo_t2i.jsonl"
+    rows = _rows(f)
+    tool_turn = next(t for t in rows[0]["turns"] if t.get("images"))
+    kept = tool_turn["images"][0]
+    tool_turn["images"] = [str(secret), "../../../secret.png", kept]  # from trajectories/img
+    write_jsonl(f, rows)
+    index = write_report(results, progress=False)
+    page = (index.parent / "demo_t2i-001.html").read_text()
+    assert page.count("outside the result folder and not a benchmark image") == 2
+    for thumb in (index.parent / "img").iterdir():
+        with Image.open(thumb) as im:
+            assert im.convert("RGB").getpixel((0, 0)) != (1, 2, 3)
+    # The tool image inside the folder and the benchmark's own images (outside it) are still shown.
+    assert page.count('class="toolimg"') == 2  # the kept one of this call + the crop of the next
+    assert "(image missing)" not in page
+
+
 # ------------------------------------------------------------------ in a browser
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from PIL import Image
 
+from vretrver.images import load_image
 from vretrver.protocol import Conversation
-from vretrver.tools import load_image
 
 
 def chat_prompt(processor: Any, conv: Conversation) -> str:

@@ -16,6 +16,7 @@ import hashlib
 import html
 import json
 import shutil
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +25,8 @@ from typing import Any
 from PIL import ImageDraw
 from tqdm.auto import tqdm
 
+from vretrver.images import load_image
 from vretrver.samples import Sample, atomic_write_text, iter_samples
-from vretrver.tools import load_image
 
 THUMB = 160
 TOOL_THUMB = 280
@@ -108,42 +109,84 @@ def load_views(results: Path) -> dict[str, list[QueryView]]:
 
 
 class _Images:
-    """Thumbnails written once into report/img/, named by a hash of their source and settings."""
+    """Thumbnails written once into report/img/, named by a hash of their source and settings.
 
-    def __init__(self, folder: Path):
+    Only two kinds of file are read: files inside the result folder (the tool images) and the image paths
+    the result folder's samples list (the benchmark's own images). A trajectory naming any other file
+    (an absolute path, ``..``) gets no thumbnail, so a result file cannot make the report copy arbitrary
+    files. A file that cannot be shown is skipped, with its reason kept for the page and the index.
+    """
+
+    def __init__(self, folder: Path, root: Path, known: Iterable[str]):
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
+        self.root = root.resolve()
+        self.known = set(known)
         self.done: dict[tuple[str, int, tuple | None], str | None] = {}
+        self.problems: dict[str, str] = {}  # source -> why it is not shown
+
+    def _allowed(self, src: str | Path) -> bool:
+        return str(src) in self.known or Path(src).resolve().is_relative_to(self.root)
 
     def thumb(self, src: str | Path, size: int = THUMB, box: tuple | None = None) -> str | None:
-        """``img/<name>.jpg`` relative to the report folder, or None if the source cannot be read."""
+        """``img/<name>.jpg`` relative to the report folder, or None if the source cannot be shown."""
         key = (str(src), size, box)
-        if key in self.done:
-            return self.done[key]
-        name = hashlib.sha1(repr(key).encode()).hexdigest()[:16] + ".jpg"
-        rel: str | None = f"img/{name}"
+        if key not in self.done:
+            name = hashlib.sha1(repr(key).encode()).hexdigest()[:16] + ".jpg"
+            why = self._write(src, size, box, self.folder / name)
+            if why is not None:
+                self.problems[str(src)] = why
+            self.done[key] = None if why else f"img/{name}"
+        return self.done[key]
+
+    def _write(self, src: str | Path, size: int, box: tuple | None, dst: Path) -> str | None:
+        """Write the thumbnail; or say why not."""
+        if not self._allowed(src):
+            return "outside the result folder and not a benchmark image"
         try:
             im = load_image(src)
-            if box:
-                # Drawn at the source's resolution, so the line width is relative to the picture.
-                width = max(2, round(max(im.size) / 80))
-                ImageDraw.Draw(im).rectangle(box, outline=(230, 30, 30), width=width)
-            im.thumbnail((size, size))
-            im.save(self.folder / name, quality=88)
-        except (OSError, ValueError):
-            rel = None
-        self.done[key] = rel
-        return rel
+        except FileNotFoundError:
+            return "missing"
+        except Exception as e:  # broken, not an image, above the size limit: it costs its picture only
+            return str(getattr(e, "reason", None) or f"{type(e).__name__}: {e}")
+        if box:
+            # Drawn at the source's resolution, so the line width is relative to the picture.
+            width = max(2, round(max(im.size) / 80))
+            ImageDraw.Draw(im).rectangle(box, outline=(230, 30, 30), width=width)
+        im.thumbnail((size, size))
+        im.save(dst, quality=88)
+        return None
+
+    def tag(
+        self, src: str | Path, alt: str, size: int = THUMB, cls: str = "", box: tuple | None = None
+    ) -> str:
+        """The thumbnail's ``<img>``, or a note naming the file and why it is not shown."""
+        rel = self.thumb(src, size, box)
+        if rel is not None:
+            return _img_tag(rel, alt, cls)
+        why = self.problems.get(str(src), "missing")
+        note = "image missing" if why == "missing" else f"image not shown: {Path(src).name}: {why}"
+        return f'<span class="noimg" title="{_e(src)}">{_e(alt)} ({_e(note)})</span>'
 
 
 def _e(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
-def _img_tag(rel: str | None, alt: str, cls: str = "") -> str:
-    if rel is None:
-        return f'<span class="noimg">{_e(alt)} (image missing)</span>'
+def _img_tag(rel: str, alt: str, cls: str = "") -> str:
     return f'<img src="{rel}" alt="{_e(alt)}" class="{cls}" loading="lazy">'
+
+
+def _problems_html(imgs: _Images, limit: int = 50) -> str:
+    """The index's list of images that got no thumbnail (missing, unreadable, too large, refused)."""
+    if not imgs.problems:
+        return ""
+    items = sorted(imgs.problems.items())
+    rows = "".join(f"<li>{_e(src)}: {_e(why)}</li>" for src, why in items[:limit])
+    more = f"<li>... and {len(items) - limit} more</li>" if len(items) > limit else ""
+    return (
+        f"<h2>Images not shown</h2><p>{len(items)} image files could not be shown:</p><ul>{rows}{more}</ul>"
+    )
 
 
 CSS = """
@@ -237,7 +280,7 @@ def _window_legend(v: QueryView, ids: list[str], imgs: _Images) -> str:
         gt = " gt" if did in v.positives else ""
         if c is not None and c.image:
             out.append(
-                f"<div class='{gt.strip()}' title='{_e(did)}'>{_img_tag(imgs.thumb(c.image, LEGEND_THUMB), did)}"
+                f"<div class='{gt.strip()}' title='{_e(did)}'>{imgs.tag(c.image, did, LEGEND_THUMB)}"
                 f"<b>{k}</b>{' ✔' if gt else ''}</div>"
             )
         else:
@@ -285,9 +328,8 @@ def _assistant_turn(t: dict[str, Any]) -> str:
 
 def _figure(imgs: _Images, src: str | Path, caption: str, cls: str, box: tuple | None = None) -> str:
     """A tool image as a thumbnail that links to a larger copy (what the model saw, in detail)."""
-    small = imgs.thumb(src, TOOL_THUMB, box)
-    tag = _img_tag(small, caption, cls)
-    if small is not None:
+    tag = imgs.tag(src, caption, TOOL_THUMB, cls, box)
+    if imgs.thumb(src, TOOL_THUMB, box) is not None:
         tag = f"<a href='{imgs.thumb(src, LARGE, box)}' target='_blank'>{tag}</a>"
     return f"<figure>{tag}<figcaption>{_e(caption)}</figcaption></figure>"
 
@@ -351,7 +393,7 @@ def _query_html(v: QueryView, imgs: _Images, traj_img: Path) -> str:
     if s.query.instruction:
         out.append(f"<div class='meta'>instruction: {_e(s.query.instruction)}</div>")
     out.append("<div class='query'><b>Query:</b> ")
-    out += [_img_tag(imgs.thumb(p), "query image") for p in s.query.images]
+    out += [imgs.tag(p, "query image") for p in s.query.images]
     out.append(f" {_e(s.query.text or '')}</div>")
     shown = {c.id for c in s.candidates}
     absent = [p for p in s.positives if p not in shown]
@@ -371,7 +413,7 @@ def _query_html(v: QueryView, imgs: _Images, traj_img: Path) -> str:
         gt = did in v.positives
         out.append(f"<div class='cand{' gt' if gt else ''}' data-did='{_e(did)}'>")
         if c.image:
-            out.append(_img_tag(imgs.thumb(c.image), did))
+            out.append(imgs.tag(c.image, did))
         rank = (
             _rank_cell(fs_rank.get(did), final_rank.get(did))
             if v.final is not None
@@ -562,7 +604,9 @@ def write_report(
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    imgs = _Images(out / "img")
+    known = {p for vs in views.values() for v in vs for p in v.sample.query.images}
+    known |= {c.image for vs in views.values() for v in vs for c in v.sample.candidates if c.image}
+    imgs = _Images(out / "img", results, known)
     traj_img = results / "trajectories" / "img"
     summary_html, cfg = _summary_html(results)
     tiny = cfg.get("reranker") == "tiny"
@@ -619,6 +663,14 @@ def write_report(
                 out / _page_name(task, i), _page(f"{task} page {i + 1}", "".join(body), FILTER_JS)
             )
     bar.close()
+    index.append(_problems_html(imgs))
+    if imgs.problems:
+        src, why = sorted(imgs.problems.items())[0]
+        print(
+            f"[view] {len(imgs.problems)} image files could not be shown (first: {src}: {why}); "
+            f"listed in {out / 'index.html'}",
+            file=sys.stderr,
+        )
     atomic_write_text(out / "index.html", _page(f"vretrver report: {results.name}", "".join(index)))
     return out / "index.html"
 

@@ -116,23 +116,11 @@ def settings_tag(settings: dict[str, Any]) -> str:
 
 
 def load_rgb(path: str):
-    """Open an image as RGB; transparent parts (PNG cut-outs, palette transparency) become white.
+    """An image file as RGB, prepared as everywhere else (:func:`vretrver.images.load_image`): upright,
+    transparent parts on white, capped in size; an unreadable file raises an ``OSError`` naming it."""
+    from vretrver.images import load_image
 
-    Converting RGBA straight to RGB would turn transparent pixels into whatever colour they happen to
-    store (often black), which changes what a vision model sees.
-    """
-    from PIL import Image
-
-    try:
-        im = Image.open(path)
-        im.load()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as e:
-        raise OSError(f"cannot read image {path}: {e}") from None
-    from vretrver.tools import to_rgb
-
-    return to_rgb(im)
+    return load_image(path)
 
 
 class HashEmbedder:

@@ -73,16 +73,6 @@ def record_id(sample_id: str, attempt: int) -> str:
     return f"{sample_id}#{attempt}"
 
 
-def safe_name(s: str) -> str:
-    """A file-name-safe form of an id (plus a short hash when characters had to be replaced)."""
-    import hashlib
-
-    clean = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)[:80]
-    if clean != s:
-        clean += "-" + hashlib.sha1(s.encode()).hexdigest()[:8]
-    return clean
-
-
 def tool_config_from_dict(d: dict[str, Any] | None):
     from vretrver.tools import ToolConfig
 
