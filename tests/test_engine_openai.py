@@ -1,14 +1,15 @@
-"""The OpenAI-compatible engine against a small local HTTP server: request shape, retries, failures."""
+"""The OpenAI-compatible engine against a local HTTP server: request shape, retries, failures, deadlines.
+
+The server (:mod:`vretrver.testing.http_faults`) answers on real sockets and misbehaves on purpose:
+HTTP 500, no answer, one byte at a time, a closed connection, a body that is not JSON.
+"""
 
 from __future__ import annotations
 
 import base64
 import io
-import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,89 +23,18 @@ from vretrver.episode import Episode
 from vretrver.protocol import build_conversation
 from vretrver.rerank import run_episodes
 from vretrver.samples import Candidate, Query, Sample
+from vretrver.testing.http_faults import FaultServer, chat_response, user_text
 from vretrver.tools import ToolConfig
 
 SELECT_CALL = '<think>look</think><tool_call>{"name": "select_images", "arguments": {"target_images": [0, 2]}}</tool_call>'
 
 
-class FakeServer:
-    """A chat-completions endpoint whose answer is decided per request by ``reply(body, n)``.
-
-    ``reply`` returns (status, payload) or ("sleep", seconds) to hang; ``n`` counts requests so far.
-    """
-
-    def __init__(self, reply: Callable[[dict[str, Any], int], tuple[Any, Any]], owned_by: str = "someone"):
-        self.reply = reply
-        self.owned_by = owned_by
-        self.bodies: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep test output clean
-                pass
-
-            def _send(self, status: int, payload: Any) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                if self.path.endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": "m", "owned_by": server.owned_by}]})
-                else:
-                    self._send(404, {"error": "not found"})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with server.lock:
-                    server.bodies.append(body)
-                    n = len(server.bodies)
-                status, payload = server.reply(body, n)
-                if status == "sleep":
-                    time.sleep(payload)
-                    return
-                self._send(status, payload)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def chat_reply(text: str, finish: str = "stop", **choice_extra: Any) -> dict[str, Any]:
-    choice = {
-        "index": 0,
-        "message": {"role": "assistant", "content": text},
-        "finish_reason": finish,
-        **choice_extra,
-    }
-    return {"choices": [choice], "usage": {"prompt_tokens": 11, "completion_tokens": 7}}
-
-
-def user_text(body: dict[str, Any]) -> str:
-    return "".join(
-        p.get("text", "")
-        for m in body["messages"]
-        if m["role"] == "user" and isinstance(m["content"], list)
-        for p in m["content"]
-    )
-
-
 @pytest.fixture
-def serve() -> Iterator[Callable[..., FakeServer]]:
-    servers: list[FakeServer] = []
+def serve() -> Iterator[Callable[..., FaultServer]]:
+    servers: list[FaultServer] = []
 
-    def start(reply: Callable[[dict[str, Any], int], tuple[Any, Any]], **kw: Any) -> FakeServer:
-        servers.append(FakeServer(reply, **kw))
+    def start(reply: Callable[[dict[str, Any], int], tuple[Any, Any]], **kw: Any) -> FaultServer:
+        servers.append(FaultServer(reply=reply, **kw))
         return servers[-1]
 
     yield start
@@ -167,11 +97,11 @@ def test_messages_keep_part_order_and_exact_pixels(
     eng.close()
 
 
-def test_retries_503_then_answers(serve: Callable[..., FakeServer], samples: list[Sample]) -> None:
+def test_retries_503_then_answers(serve: Callable[..., FaultServer], samples: list[Sample]) -> None:
     # The first three requests fail; each conversation's own retries absorb that.
     srv = serve(
         lambda body, n: (
-            (503, {"error": "busy"}) if n <= 3 else (200, chat_reply("<think>x</think><answer>[2, 1]"))
+            (503, {"error": "busy"}) if n <= 3 else (200, chat_response("<think>x</think><answer>[2, 1]"))
         )
     )
     eng = OpenAIEngine(srv.base_url, "m", max_retries=4, backoff=0.01, concurrency=1)
@@ -189,12 +119,12 @@ def test_retries_503_then_answers(serve: Callable[..., FakeServer], samples: lis
 
 
 def test_gives_up_after_max_retries_and_only_that_conversation_fails(
-    serve: Callable[..., FakeServer], samples: list[Sample]
+    serve: Callable[..., FaultServer], samples: list[Sample]
 ) -> None:
     def reply(body: dict[str, Any], n: int) -> tuple[Any, Any]:
         if "a rocket" in user_text(body):
             return 500, {"error": "boom"}
-        return 200, chat_reply("<think>x</think><answer>[1]")
+        return 200, chat_response("<think>x</think><answer>[1]")
 
     srv = serve(reply)
     eng = OpenAIEngine(srv.base_url, "m", max_retries=2, backoff=0.01)
@@ -205,7 +135,7 @@ def test_gives_up_after_max_retries_and_only_that_conversation_fails(
     eng.close()
 
 
-def test_client_errors_are_not_retried(serve: Callable[..., FakeServer], samples: list[Sample]) -> None:
+def test_client_errors_are_not_retried(serve: Callable[..., FaultServer], samples: list[Sample]) -> None:
     srv = serve(lambda body, n: (400, {"error": "prompt too long"}))
     eng = OpenAIEngine(srv.base_url, "m", max_retries=4, backoff=0.01)
     out = eng.continue_conversations([build_conversation(samples[0])], GenerationConfig())[0]
@@ -215,12 +145,12 @@ def test_client_errors_are_not_retried(serve: Callable[..., FakeServer], samples
 
 
 def test_a_request_that_always_times_out_fails_only_its_episode(
-    serve: Callable[..., FakeServer], samples: list[Sample]
+    serve: Callable[..., FaultServer], samples: list[Sample]
 ) -> None:
     def reply(body: dict[str, Any], n: int) -> tuple[Any, Any]:
         if "SLOW" in user_text(body):
-            return "sleep", 3.0
-        return 200, chat_reply("<think>x</think><answer>[1, 2]")
+            return "hang", None
+        return 200, chat_response("<think>x</think><answer>[1, 2]")
 
     srv = serve(reply)
     eng = OpenAIEngine(srv.base_url, "m", timeout=0.4, max_retries=1, backoff=0.01)
@@ -235,13 +165,13 @@ def test_a_request_that_always_times_out_fails_only_its_episode(
 
 
 def test_vllm_server_gets_vllm_fields_and_stop_reason_is_used(
-    serve: Callable[..., FakeServer], samples: list[Sample]
+    serve: Callable[..., FaultServer], samples: list[Sample]
 ) -> None:
     def reply(body: dict[str, Any], n: int) -> tuple[Any, Any]:
         if n == 1:  # vLLM reports which stop string matched (here as if it had stripped it anyway)
-            return 200, chat_reply("<think>a</think><tool_call>{}", stop_reason="</tool_call>")
+            return 200, chat_response("<think>a</think><tool_call>{}", stop_reason="</tool_call>")
         # the model ended its turn with its end-of-turn token: nothing to put back
-        return 200, chat_reply("<think>b</think><answer>[1", stop_reason=None)
+        return 200, chat_response("<think>b</think><answer>[1", stop_reason=None)
 
     srv = serve(reply, owned_by="vllm")
     eng = OpenAIEngine(srv.base_url, "m", concurrency=1, extra_body={"top_k": 5})
@@ -266,9 +196,9 @@ def test_tool_config_and_factory(tiny_qwen3vl: Path) -> None:
 
 
 def test_an_unreadable_image_fails_before_any_request(
-    serve: Callable[..., FakeServer], samples: list[Sample], tmp_path: Path
+    serve: Callable[..., FaultServer], samples: list[Sample], tmp_path: Path
 ) -> None:
-    srv = serve(lambda body, n: (200, chat_reply("<think>x</think><answer>[1]")))
+    srv = serve(lambda body, n: (200, chat_response("<think>x</think><answer>[1]")))
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not an image")
     bad = Sample(
@@ -282,3 +212,79 @@ def test_an_unreadable_image_fails_before_any_request(
     assert outs[1].error is None
     assert len(srv.bodies) == 1
     eng.close()
+
+
+# --------------------------------------------------------------------------- faults and deadlines
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("http500", "HTTP 500 after 2 tries"),
+        ("hang", "timed out after 2 tries (no complete answer within 0.5 s"),
+        ("drip", "timed out after 2 tries (no complete answer within 0.5 s"),
+        ("close", "connection failed after 2 tries"),
+        ("invalid_json", "invalid JSON in the response after 2 tries"),
+    ],
+)
+def test_each_fault_fails_only_its_conversation_within_the_deadline(
+    serve: Callable[..., FaultServer], samples: list[Sample], mode: str, expected: str
+) -> None:
+    def reply(body: dict[str, Any], n: int) -> tuple[Any, Any]:
+        if "a rocket" in user_text(body):
+            return mode, None
+        return 200, chat_response("<think>x</think><answer>[1]")
+
+    srv = serve(reply, drip_interval=0.1, lifetime=30)
+    eng = OpenAIEngine(srv.base_url, "m", timeout=0.5, max_retries=1, backoff=0.01, vllm=False)
+    t = time.monotonic()
+    outs = eng.continue_conversations([build_conversation(s) for s in samples[:2]], GenerationConfig())
+    held = time.monotonic() - t
+    assert outs[0].error is None and outs[0].text == "<think>x</think><answer>[1]</answer>"
+    assert outs[1].text is None and expected in outs[1].error
+    assert srv.count(mode) == 2  # the first try and one retry
+    assert held < 2 * 0.5 + 1.0  # two tries of at most 0.5 s each, plus slack
+    eng.close()
+
+
+def test_a_trickling_server_cannot_hold_a_request_past_its_total_deadline(
+    serve: Callable[..., FaultServer], samples: list[Sample]
+) -> None:
+    # A whole answer sent one byte every 0.5 s takes minutes; each byte arrives well within any
+    # per-read timeout. The deadline is the request's total: 2 s. (The server stops itself after 10 s.)
+    srv = serve(lambda body, n: ("drip", None), drip_interval=0.5, lifetime=10)
+    eng = OpenAIEngine(srv.base_url, "m", timeout=2, max_retries=0, vllm=False)
+    t = time.monotonic()
+    out = eng.continue_conversations([build_conversation(samples[0])], GenerationConfig())[0]
+    held = time.monotonic() - t
+    assert out.text is None and "no complete answer within 2 s" in out.error
+    assert 2 <= held < 3.5
+    eng.close()
+
+
+def test_the_round_deadline_fails_what_is_still_waiting(
+    serve: Callable[..., FaultServer], samples: list[Sample]
+) -> None:
+    def reply(body: dict[str, Any], n: int) -> tuple[Any, Any]:
+        if "SLOW" in user_text(body):
+            return "hang", None
+        return 200, chat_response("<think>x</think><answer>[2, 1]")
+
+    srv = serve(reply, lifetime=30)
+    eng = OpenAIEngine(srv.base_url, "m", timeout=20, round_timeout=1.0, max_retries=3, vllm=False)
+    t = time.monotonic()
+    episodes = run_episodes(samples, eng, gen=GenerationConfig())
+    held = time.monotonic() - t
+    by_id = {e.sample.id: e for e in episodes}
+    assert by_id["q2"].failed == "round deadline: no answer within 1.0 s"
+    assert by_id["q2"].ranking == [1, 2, 3]  # its episode failed: prior order
+    assert by_id["q0"].answered and by_id["q1"].answered
+    assert 1.0 <= held < 2.5
+    eng.close()
+
+
+def test_bad_deadlines_are_rejected() -> None:
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        OpenAIEngine("http://x/v1", "m", timeout=0)
+    with pytest.raises(ValueError, match="round_timeout must be > 0"):
+        OpenAIEngine("http://x/v1", "m", round_timeout=-1)

@@ -8,9 +8,10 @@ it add it back), because the parser needs the closing tag.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -55,6 +56,11 @@ class EngineError(RuntimeError):
     pass
 
 
+def backoff_delay(backoff: float, i: int) -> float:
+    """Seconds to wait before try ``i + 2``: backoff * 2**i, with up to 25% jitter."""
+    return backoff * (2**i) * (1 + 0.25 * random.random())
+
+
 def retry(
     fn: Callable[[], T],
     attempts: int = 3,
@@ -62,14 +68,31 @@ def retry(
     retry_on: tuple[type[BaseException], ...] = (Exception,),
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Call ``fn``; on failure wait backoff * 2**i (with jitter) and try again, ``attempts`` times in all."""
+    """Call ``fn``; on failure wait :func:`backoff_delay` and try again, ``attempts`` times in all."""
     for i in range(attempts):
         try:
             return fn()
         except retry_on:
             if i == attempts - 1:
                 raise
-            sleep(backoff * (2**i) * (1 + 0.25 * random.random()))
+            sleep(backoff_delay(backoff, i))
+    raise AssertionError("unreachable")
+
+
+async def retry_async(
+    fn: Callable[[], Awaitable[T]],
+    attempts: int = 3,
+    backoff: float = 1.0,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+) -> T:
+    """:func:`retry` for coroutines: ``await fn()`` up to ``attempts`` times."""
+    for i in range(attempts):
+        try:
+            return await fn()
+        except retry_on:
+            if i == attempts - 1:
+                raise
+            await asyncio.sleep(backoff_delay(backoff, i))
     raise AssertionError("unreachable")
 
 
