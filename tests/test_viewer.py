@@ -202,6 +202,21 @@ def test_load_views_reads_folder(tmp_path: Path):
     }
 
 
+def test_a_damaged_line_hides_only_its_own_episode(tmp_path: Path, capsys: pytest.CaptureFixture):
+    results = build_result_folder(tmp_path / "r")
+    files = sorted((results / "trajectories").glob("*.jsonl"))
+    total = sum(len(f.read_text(encoding="utf-8").splitlines()) for f in files)
+    traj = max(files, key=lambda f: len(f.read_text(encoding="utf-8").splitlines()))
+    lines = traj.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert len(lines) >= 2
+    lines[0] = '{"qid": "damaged\n'  # a broken line first: the lines after it must still be read
+    traj.write_text("".join(lines), encoding="utf-8")
+    views = load_views(results)
+    shown = sum(len(v.episodes) for vs in views.values() for v in vs)
+    assert shown == total - 1
+    assert f"{traj}:1" in capsys.readouterr().err
+
+
 def test_missing_image_does_not_break_the_report(tmp_path: Path):
     results = build_result_folder(tmp_path / "r")
     f = results / "samples" / "demo_t2i.jsonl"

@@ -75,15 +75,13 @@ class QueryView:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    if path.is_file():
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a torn last line of an interrupted run
-    return rows
+    """Rows of a results / trajectory file; a damaged line is skipped on its own (and named on stderr)."""
+    from vretrver.jsonl import read_appended
+
+    found = read_appended(path)
+    for msg in found.damaged:
+        print(f"[view] skipped {msg}", file=sys.stderr)
+    return found.rows
 
 
 def load_views(results: Path) -> dict[str, list[QueryView]]:
