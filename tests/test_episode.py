@@ -273,3 +273,42 @@ def test_qwen3_coordinates():
     assert "0 to 1000" in ep.conversation.messages[0]["content"]
     ep.step(turn_call("crop_image", {"bbox_2d": [250, 500, 500, 750], "target_image": 4}))
     assert ep.turns[-1].tool.box == (76, 204, 308, 436)
+
+
+def _select_record(sample: Sample, image_dir) -> tuple[list[str], list[Image.Image]]:
+    """One select_images call on candidate 1: the record's image names (saved under ``image_dir``) and
+    the images the tool returned."""
+    ep = Episode(sample)
+    ep.step(turn_call("select_images", {"target_images": [1]}))
+    ep.step(turn_answer([1]))
+    return ep.to_record(image_dir)["turns"][1]["images"], ep.turns[1].images
+
+
+def test_tool_images_of_tasks_that_share_query_ids_do_not_overwrite_each_other(tmp_path):
+    # Two tasks of one run (GeneCIS galleries, say) with the same query id and window write into one
+    # folder: each record must point at its own picture.
+    images = tmp_path / "img"
+    runs = {}
+    for task, photo in (("genecis_change_object", CHELSEA), ("genecis_focus_object", COFFEE)):
+        s = Sample("q7", Query("a thing"), [Candidate("c1", image=photo)], positives=["c1"], task=task)
+        names, shown = _select_record(s, images)
+        runs[task] = (names[0], shown[0])
+    assert runs["genecis_change_object"][0] != runs["genecis_focus_object"][0]
+    for name, shown in runs.values():  # after both runs: each file still holds its own task's image
+        with Image.open(images / name) as saved:
+            assert saved.size == shown.size
+            assert saved.convert("RGB").tobytes() == shown.tobytes()
+
+
+def test_ids_that_sanitise_alike_get_different_image_names(tmp_path):
+    # "a/b" and "a_b" both read "a_b" once unsafe characters are replaced; so do task "x_y" + id "z" and
+    # task "x" + id "y_z" once joined.
+    pairs = [("t", "a/b"), ("t", "a_b"), ("x_y", "z"), ("x", "y_z")]
+    names = set()
+    for task, qid in pairs:
+        s = Sample(qid, Query("q"), [Candidate("c1", image=CHELSEA)], positives=["c1"], task=task)
+        name = _select_record(s, tmp_path / "img")[0][0]
+        assert "/" not in name
+        names.add(name)
+    assert len(names) == len(pairs)
+    assert len(list((tmp_path / "img").iterdir())) == len(pairs)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from photos import ASTRONAUT, CHELSEA, COFFEE
+from photos import ASTRONAUT, CHELSEA, COFFEE, ROCKET
 from PIL import Image
 
 from vretrver.protocol.parser import ToolCall
@@ -494,9 +494,39 @@ def test_qwen25_coordinates_follow_the_processor_resize():
 
 
 def test_an_oversized_image_is_an_error_not_a_crash(monkeypatch):
-    # PIL refuses images above twice MAX_IMAGE_PIXELS with DecompressionBombError (not an OSError).
+    # PIL refuses images above twice MAX_IMAGE_PIXELS (a decompression bomb): an error text, not a crash.
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     r = select_images({"target_images": [1]}, [None, ASTRONAUT], Q25)
     assert not r.valid and r.error == "image 1 could not be read"
     r = crop_image({"bbox_2d": [0.1, 0.1, 0.5, 0.5], "target_image": 1}, [None, ASTRONAUT], Q25)
     assert not r.valid and r.error == "image 1 could not be read"
+
+
+def test_tools_see_a_phone_photo_upright(tmp_path):
+    # The rocket (640 x 427) saved as a phone does: stored sideways, EXIF orientation 6 ("turn 90 degrees
+    # clockwise to view"). Upright it is 427 wide and 640 high, as the model is shown it.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    photo(ROCKET).save(path, quality=90, exif=exif)
+    r = select_images({"target_images": [1]}, [None, str(path)], Q25)
+    # Output bounds: 640 / 28 = 22.9 -> 23 * 28 = 644 high; 427 / 28 = 15.3 -> 15 * 28 = 420 wide.
+    assert r.valid and r.images[0].size == (420, 644)
+    # A box over the top quarter, left half, of the upright picture: [0, 0, 213.5, 160] in its pixels,
+    # padded by 10 % (42.7 and 64 px): (0, 0, ceil(256.2), 224).
+    r = crop_image({"bbox_2d": [0, 0, 0.5, 0.25], "target_image": 1}, [None, str(path)], Q25)
+    assert r.valid and r.box == (0, 0, 257, 224)
+
+
+def test_tools_work_on_a_capped_copy_of_a_huge_image(tmp_path, monkeypatch):
+    from vretrver.images import MAX_PIXELS_ENV
+
+    # Under a cap of 100,000 px a 1200 x 900 image loads as 365 x 273 (scale sqrt(100000 / 1080000)),
+    # once per sample; crops are cut from that copy, as the model is shown it.
+    monkeypatch.setenv(MAX_PIXELS_ENV, "100000")
+    path = tmp_path / "huge.png"
+    Image.new("RGB", (1200, 900), (200, 40, 40)).save(path)
+    imgs = image_table([None, str(path)])
+    r = crop_image({"bbox_2d": [0, 0, 1, 1], "target_image": 1}, imgs, Q25)
+    assert r.valid and r.box == (0, 0, 365, 273)
+    assert select_images({"target_images": [1]}, imgs, Q25).valid

@@ -97,6 +97,13 @@ def unavailable_message(why: str, what_ran: str, command: str, tiny_command: str
     )
 
 
+def demo_profile(profile: str | None, reranker: str | None) -> str:
+    """The prompt profile of a demo run: the one asked for, else the one the checkpoint was trained on."""
+    from vretrver.protocol.profile import is_release_checkpoint
+
+    return profile or ("official" if is_release_checkpoint(reranker) else "v-retrver")
+
+
 def cmd_demo(ns: argparse.Namespace) -> int:
     from vretrver.cli import _engine_args
     from vretrver.evaluate import EvalConfig, evaluate
@@ -109,7 +116,12 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     if why:
         same = "".join(  # the options this run was given, so the suggested runs match it
             f" --{opt.replace('_', '-')} {shlex.quote(str(getattr(ns, opt)))}"
-            for opt, default in (("limit", DEMO_LIMIT), ("top_n", DEMO_TOP_N), ("out", DEMO_OUT))
+            for opt, default in (
+                ("limit", DEMO_LIMIT),
+                ("top_n", DEMO_TOP_N),
+                ("out", DEMO_OUT),
+                ("profile", None),
+            )
             if getattr(ns, opt) != default
         )
         message = unavailable_message(
@@ -123,6 +135,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     tiny = reranker == "tiny"
     cfg = EvalConfig(
         benchmark="tuxpaint",
+        profile=demo_profile(ns.profile, reranker),
         limit=ns.limit,
         retriever="offline",
         reranker=reranker,
@@ -202,6 +215,7 @@ def _rerank_command(ns: argparse.Namespace, reranker: str, engine: str | None) -
 def cmd_rerank(ns: argparse.Namespace) -> int:
     from vretrver.cli import _engine_args
     from vretrver.evaluate import EvalConfig, _Reranker, rerank_task
+    from vretrver.protocol.profile import profile_mismatch_warning
     from vretrver.report.viewer import TINY_NOTE, first_page, write_report
 
     if not (ns.query_text or ns.query_image):
@@ -249,6 +263,9 @@ def cmd_rerank(ns: argparse.Namespace) -> int:
         seed=ns.seed,
     )
     cfg.check()
+    warning = profile_mismatch_warning(ns.reranker, cfg.profile)
+    if warning:
+        print(warning, file=sys.stderr)
     reranker = _Reranker(cfg)
     try:
         ranked = rerank_task(task, fs, cfg, out, reranker, progress=False)["query"]
@@ -311,6 +328,11 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", choices=("hf", "vllm", "openai"), default="hf")
     p.add_argument("--engine-args", help="engine settings as JSON")
     p.add_argument("--max-new-tokens", type=int, help="default: 1024 (48 for the tiny model)")
+    p.add_argument(
+        "--profile",
+        help="prompt profile name or folder (default: official for a released V-Retrver checkpoint, "
+        "else v-retrver)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("rerank", help="rerank candidates for one query; print the turns; write an HTML view")

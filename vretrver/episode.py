@@ -16,7 +16,6 @@ Rules (method.md section 2):
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from vretrver.protocol import (
     parse_turn,
 )
 from vretrver.protocol.profile import Profile
-from vretrver.samples import Sample
+from vretrver.samples import Sample, safe_name
 from vretrver.tools import ToolConfig, ToolResult, image_table, run_tool
 
 
@@ -66,7 +65,8 @@ class Episode:
     ):
         self.sample = sample
         self.profile = load_profile(profile)
-        self.tool_config = tool_config or ToolConfig()
+        # The profile says whose tool server the tools imitate (error texts, checks).
+        self.tool_config = (tool_config or ToolConfig()).for_profile(self.profile)
         self.max_tool_calls = self.profile.max_tool_calls if max_tool_calls is None else max_tool_calls
         self.conversation: Conversation = build_conversation(
             sample, self.profile, self.tool_config.coordinates, self.max_tool_calls
@@ -79,7 +79,7 @@ class Episode:
         self.done = False
         self.failed: str | None = None  # engine failure reason
         self.end_reason: str | None = None
-        self._images = image_table(sample.image_paths())
+        self._images = image_table(self.profile.tool_images(sample.image_paths()))
 
     @property
     def k(self) -> int:
@@ -105,23 +105,24 @@ class Episode:
         parsed = parse_turn(text)
         self.turns.append(Turn("assistant", text, parsed=parsed))
         self.conversation.add_assistant(text)
-        if parsed.kind == "answer":
+        kind, call, reason = self.profile.turn_action(text, parsed)
+        if kind == "answer":
             self.answer = parsed.answer
             self._finish("answer")
             return StepResult("answer")
-        if parsed.kind == "malformed":
-            self._finish("malformed turn: " + (parsed.reason or ""))
+        if kind == "malformed":
+            self._finish("malformed turn: " + (reason or ""))
             return StepResult("ended")
         if not self.profile.uses_tools or self.n_tool_calls >= self.max_tool_calls:
             self._finish("tool call beyond the budget")
             return StepResult("ended")
-        result = run_tool(parsed.tool_call, self._images, self.tool_config, self.profile.tools)
+        result = run_tool(call, self._images, self.tool_config, self.profile.tools)
         if result.valid:
             self.n_valid_calls += 1
         else:
             self.n_invalid_calls += 1
         parts, shown = observation_message(
-            self.profile, result.tool, result.indices, result.images, result.error
+            self.profile, result.tool, result.indices, result.images, result.error, result.valid
         )
         self.conversation.add_user(parts, shown)
         obs_text = "".join(p.get("text", "") if p["type"] == "text" else "<image>" for p in parts)
@@ -167,10 +168,11 @@ class Episode:
                     folder = Path(image_dir)
                     folder.mkdir(parents=True, exist_ok=True)
                     names = []
+                    # One folder serves every task of a run, and tasks may reuse query ids (GeneCIS):
+                    # the task is part of the name.
+                    stem = safe_name(self.sample.task, self.sample.id)
                     for j, img in enumerate(t.images):
-                        name = (
-                            f"{_safe(self.sample.id)}_w{self.sample.meta.get('window_start', 0)}_t{n}_{j}.png"
-                        )
+                        name = f"{stem}_w{self.sample.meta.get('window_start', 0)}_t{n}_{j}.png"
                         img.save(folder / name)
                         names.append(name)
                     row["images"] = names
@@ -189,9 +191,8 @@ class Episode:
         }
 
 
-def _safe(s: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in s)[:80]
-
-
 def dumps_record(record: dict[str, Any]) -> str:
-    return json.dumps(record, ensure_ascii=False)
+    """One JSON line of a record; text UTF-8 cannot encode (a lone surrogate) is escaped and listed."""
+    from vretrver.jsonl import dumps_line
+
+    return dumps_line(record)

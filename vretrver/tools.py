@@ -13,22 +13,32 @@ Crop coordinates follow the model family (:attr:`ToolConfig.coordinates`):
 The box is padded by 10 % of the image width / height on each side (at most 600 px), clamped to the image,
 cropped from the original image, and the crop is smart-resized to multiples of 28 px within
 [3136, 4,014,080] pixels; ``select_images`` returns whole images under the same bounds.
+
+``ToolConfig.dialect`` (set from the prompt profile) says whose tool server the tools imitate: ``v-retrver``
+(ours: tolerant reading of the call, at most ``max_select`` distinct images, our error texts) or
+``official`` (the public release's server, restated in :func:`_official_call`, :func:`_official_select`
+and :func:`_official_crop`: strict JSON, its checks in its order, its error texts, any number of
+images, repeats kept). The crop geometry and the resizing are ours in both.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
 
+from vretrver.images import load_image, to_rgb  # noqa: F401 - re-exported for older imports
 from vretrver.protocol.conversation import ImageLike
 from vretrver.protocol.parser import ToolCall
 
 COORDINATES = ("qwen2.5-vl", "qwen3-vl")
 TOOL_NAMES = ("select_images", "crop_image")
+DIALECTS = ("v-retrver", "official")
 # Boxes may overshoot the image edge by this fraction before they count as outside it (then clamped).
 EDGE_TOLERANCE = 0.05
 
@@ -47,12 +57,21 @@ class ToolConfig:
     out_min_pixels: int = 3136
     out_max_pixels: int = 4014080
     max_select: int = 4
+    # Whose tool server the tools imitate (checks and error texts): set from the profile, see for_profile.
+    dialect: str = "v-retrver"
 
     def __post_init__(self) -> None:
         if self.coordinates not in COORDINATES:
             raise ValueError(
                 f"ToolConfig.coordinates: expected one of {COORDINATES}, got {self.coordinates!r}"
             )
+        if self.dialect not in DIALECTS:
+            raise ValueError(f"ToolConfig.dialect: expected one of {DIALECTS}, got {self.dialect!r}")
+
+    def for_profile(self, profile: Any) -> ToolConfig:
+        """These settings with the tool dialect of a prompt profile (its ``tool_dialect`` setting)."""
+        dialect = profile.settings.get("tool_dialect", "v-retrver")
+        return self if dialect == self.dialect else replace(self, dialect=dialect)
 
     @classmethod
     def from_processor(cls, processor: Any, **overrides: Any) -> ToolConfig:
@@ -95,26 +114,6 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h, w
 
 
-def to_rgb(im: Image.Image) -> Image.Image:
-    """RGB; transparent parts are drawn on white (a plain convert shows whatever colour hides under them)."""
-    if im.mode == "RGB":
-        return im
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        out = Image.new("RGB", rgba.size, (255, 255, 255))
-        out.paste(rgba, mask=rgba.getchannel("A"))
-        return out
-    return im.convert("RGB")
-
-
-def load_image(x: ImageLike) -> Image.Image:
-    if isinstance(x, Image.Image):
-        return to_rgb(x)
-    with Image.open(x) as im:
-        im.load()  # read the pixels before the file closes (to_rgb returns an RGB image as it is)
-        return im.copy() if im.mode == "RGB" else to_rgb(im)
-
-
 def _resize_out(img: Image.Image, cfg: ToolConfig) -> Image.Image:
     h, w = smart_resize(img.height, img.width, cfg.out_factor, cfg.out_min_pixels, cfg.out_max_pixels)
     return img if (w, h) == img.size else img.resize((w, h), Image.BICUBIC)
@@ -139,6 +138,12 @@ class _Images:
     def __init__(self, images: Sequence[ImageLike | None]):
         self._src = list(images)
         self._cache: dict[int, Image.Image] = {}
+
+    def __len__(self) -> int:
+        return len(self._src)
+
+    def has(self, idx: int) -> bool:
+        return 0 <= idx < len(self._src) and self._src[idx] is not None
 
     def get(self, idx: Any) -> tuple[Image.Image | None, str | None]:
         if not _is_int(idx):
@@ -169,10 +174,12 @@ def select_images(args: Any, images: Sequence[ImageLike | None] | _Images, cfg: 
     if not isinstance(targets, list) or not targets:
         return _error("select_images", "'target_images' must be a non-empty list of image indices")
     order: list[int] = []
+    seen: set[int] = set()  # a set, not `in order`: a call may list tens of thousands of indices
     for t in targets:
         if not _is_int(t):
             return _error("select_images", f"image index must be an integer, got {str(t)[:20]!r}")
-        if t not in order:
+        if t not in seen:
+            seen.add(t)
             order.append(t)
     if len(order) > cfg.max_select:
         return _error("select_images", f"at most {cfg.max_select} images can be selected, got {len(order)}")
@@ -240,6 +247,148 @@ def crop_image(args: Any, images: Sequence[ImageLike | None] | _Images, cfg: Too
 _TOOLS = {"select_images": select_images, "crop_image": crop_image}
 
 
+# ----------------------------------------------------------------------------- the official server
+
+# The names the official server runs (select_frames, which it also knows, is not one of our tools).
+_OFFICIAL_NAMES = {
+    "crop_image": "crop_image",
+    "zoom_in": "crop_image",
+    "crop_image_normalized": "crop_image",
+    "select_images": "select_images",
+}
+_NO_IMAGES = "No images available. Please ensure query_image or candidate_images are provided in extra_field."
+_NO_QUERY_IMAGE = (
+    "Query image does not exist. Please do not choose query image again and analyze based on query text."
+)
+_NO_CANDIDATE_IMAGES = (
+    "Candidate images do not exist. Please do not choose candidate images again and analyze based on "
+    "candidates' text."
+)
+
+
+def _out_of_range(n: int) -> str:
+    return (
+        "Invalid target_images indices. Each index should be an integer equal to 0 for the query image "
+        f"or between 1 and the number of candidate images ({n}) for candidate images."
+    )
+
+
+def _official_call(call: ToolCall, allowed: Sequence[str]) -> tuple[str, Any] | ToolResult:
+    """The call as the official server reads it: the JSON between the tags, strictly; a name it knows; an
+    ``arguments`` object. A call it cannot read gets an empty error text (the agent loop adds its prefix).
+
+    A call built by a tool framework (no raw text) is taken with the name and arguments it was given.
+    """
+    if not call.raw and call.arguments is not None:
+        name, args = call.name, call.arguments
+        obj: Any = {"name": name, "arguments": args}
+    else:
+        try:
+            obj = json.loads(call.raw)
+            name = obj.get("name", "")
+        except (ValueError, RecursionError, AttributeError):
+            return _error(call.name, "")
+    tool = _OFFICIAL_NAMES.get(name) if isinstance(name, str) else None
+    if tool is None or tool not in allowed:
+        return _error(name if isinstance(name, str) else None, "")
+    if "arguments" not in obj:
+        return _error(tool, "Missing 'arguments' in the tool call.")
+    args = obj["arguments"]
+    if not isinstance(args, dict):
+        return _error(
+            tool, f"'arguments' should be a dictionary of parameters key-value pairs, got {type(args)}."
+        )
+    return tool, args
+
+
+def _official_select(args: dict[str, Any], imgs: _Images, cfg: ToolConfig) -> ToolResult:
+    def fail(msg: str) -> ToolResult:
+        return _error("select_images", msg)
+
+    if "target_images" not in args:
+        return fail("Missing parameters: target_images")
+    targets = args["target_images"]
+    if not isinstance(targets, list):
+        return fail("Invalid target_images format. It should be a list of integers.")
+    n = len(imgs) - 1
+    has_query, has_candidates = imgs.has(0), any(imgs.has(k) for k in range(1, n + 1))
+    if not has_query and not has_candidates:
+        return fail(_NO_IMAGES)
+    problems = []
+    for idx in targets:  # the server checks every index and reports all problems at once
+        if not isinstance(idx, int):
+            problems.append(f"Index {idx} is not an integer")
+        elif idx == 0 and not has_query:
+            problems.append(f"Index {idx}: {_NO_QUERY_IMAGE}")
+        elif idx != 0 and not has_candidates:
+            problems.append(f"Index {idx}: {_NO_CANDIDATE_IMAGES}")
+        elif idx != 0 and not 1 <= idx <= n:
+            problems.append(f"Index {idx}: {_out_of_range(n)}")
+    if problems:
+        return fail("Invalid indices found: " + "; ".join(problems))
+    if not targets:  # the server then fails on the first image of an empty list
+        return fail("Error processing images: list index out of range")
+    out = []
+    for idx in targets:  # repeats are returned again, and there is no cap on the number
+        img, err = imgs.get(int(idx))
+        if err:
+            return fail(f"Error processing images: {err}")
+        out.append(_resize_out(img, cfg))
+    return ToolResult(tool="select_images", valid=True, images=out, indices=[int(i) for i in targets])
+
+
+def _official_crop(args: dict[str, Any], imgs: _Images, cfg: ToolConfig) -> ToolResult:
+    def fail(msg: str) -> ToolResult:
+        return _error("crop_image", msg)
+
+    missing = [k for k in ("bbox_2d", "target_image") if k not in args]
+    ti = args.get("target_image")
+    with contextlib.suppress(TypeError, ValueError, OverflowError):
+        ti = int(ti)  # the server reads the index with int(): "3" -> 3, 2.7 -> 2
+    if missing:
+        return fail(f"Missing parameters: {', '.join(missing)}")
+    box = args["bbox_2d"]
+    if not isinstance(box, list) or len(box) != 4:
+        return fail("Invalid bbox_2d format. It should be a list of four numbers.")
+    n = len(imgs) - 1
+    has_query, has_candidates = imgs.has(0), any(imgs.has(k) for k in range(1, n + 1))
+    if not has_query and not has_candidates:
+        return fail(_NO_IMAGES)
+    if not isinstance(ti, int):
+        return fail("Invalid target_image format. It should be an integer.")
+    if ti == 0 and not has_query:
+        return fail(_NO_QUERY_IMAGE)
+    if ti != 0 and not has_candidates:
+        return fail(_NO_CANDIDATE_IMAGES)
+    if ti != 0 and not 1 <= ti <= n:
+        return fail(_out_of_range(n))
+    result = crop_image({"bbox_2d": box, "target_image": int(ti)}, imgs, cfg)
+    if not result.valid:  # the server reports a failed crop with its exception text; ours says why
+        return fail(f"Error processing image: {result.error}")
+    return result
+
+
+_OFFICIAL_TOOLS = {"select_images": _official_select, "crop_image": _official_crop}
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def resolve_call(
+    call: ToolCall, cfg: ToolConfig, allowed: Sequence[str] = TOOL_NAMES
+) -> tuple[str, Any] | ToolResult:
+    """``(tool name, arguments)`` of a parsed call, or the invalid result a call that cannot run gets."""
+    if cfg.dialect == "official":
+        return _official_call(call, allowed)
+    if call.error:
+        return _error(call.name, call.error)
+    if call.name not in allowed or call.name not in _TOOLS:
+        return _error(
+            call.name, f"unknown tool {str(call.name)[:40]!r}: available tools are {', '.join(allowed)}"
+        )
+    return call.name, call.arguments
+
+
 def run_tool(
     call: ToolCall,
     images: Sequence[ImageLike | None] | _Images,
@@ -247,16 +396,17 @@ def run_tool(
     allowed: Sequence[str] = TOOL_NAMES,
 ) -> ToolResult:
     """Execute a parsed tool call; every problem becomes an invalid result with an error text."""
-    if call.error:
-        return _error(call.name, call.error)
-    if call.name not in allowed or call.name not in _TOOLS:
-        return _error(
-            call.name, f"unknown tool {str(call.name)[:40]!r}: available tools are {', '.join(allowed)}"
-        )
+    resolved = resolve_call(call, cfg, allowed)
+    if isinstance(resolved, ToolResult):
+        return resolved
+    name, args = resolved
     try:
-        return _TOOLS[call.name](call.arguments, images, cfg)
+        if cfg.dialect == "official":
+            imgs = images if isinstance(images, _Images) else _Images(images)
+            return _OFFICIAL_TOOLS[name](args, imgs, cfg)
+        return _TOOLS[name](args, images, cfg)
     except Exception as e:  # a tool must never take the harness down; report it as an invalid call
-        return _error(call.name, f"the tool failed: {type(e).__name__}")
+        return _error(name, f"the tool failed: {type(e).__name__}")
 
 
 def image_table(images: Sequence[ImageLike | None]) -> _Images:

@@ -37,15 +37,20 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from vretrver.protocol import Conversation, build_conversation, load_profile, observation_message
-from vretrver.samples import SampleError, atomic_write_text
+from vretrver.protocol import (
+    Conversation,
+    ProfileError,
+    build_conversation,
+    load_profile,
+    observation_message,
+)
+from vretrver.samples import SampleError, atomic_write_text, safe_name
 from vretrver.sft.coordinates import convert_turn, same_convention
 from vretrver.sft.records import (
     PLACEHOLDERS,
     escape_placeholders,
     iter_records,
     record_sample,
-    safe_name,
     tool_config_from_dict,
 )
 from vretrver.tools import ToolConfig, smart_resize
@@ -206,7 +211,12 @@ def record_to_conversation(
     dst = tool_config or src
     conv = build_conversation(sample, prof, dst.coordinates, record["max_tool_calls"])
     n_user_images = len(conv.images)
-    paths = sample.image_paths()
+    # Tool image indices as the model ran: its profile says what index k means.
+    try:
+        ran_with = load_profile(record["profile"])
+    except ProfileError:  # a profile folder that is gone: the export profile's rule
+        ran_with = prof
+    paths = ran_with.tool_images(sample.image_paths())
     for n, t in enumerate(record["trajectory"]["turns"]):
         role = t.get("role")
         if role == "assistant":
@@ -220,7 +230,12 @@ def record_to_conversation(
             if tool.get("valid") and not images:
                 raise ExportError(f"turn {n}: the tool's images were not saved with the record")
             parts, shown = observation_message(
-                prof, tool.get("name"), tool.get("indices") or [], images, tool.get("error")
+                prof,
+                tool.get("name"),
+                tool.get("indices") or [],
+                images,
+                tool.get("error"),
+                tool.get("valid"),
             )
             if _obs_text(parts) != t.get("text"):
                 raise ExportError(
@@ -487,6 +502,8 @@ def export_llamafactory(
             "conversations": turns,
             "images": [str(p) for p in images],
         }
+        if rec.get("source"):  # who wrote the turns, e.g. "oracle (synthetic)"; LLaMA-Factory ignores it
+            row["source"] = rec["source"]
         problems, sizes = validate_row(row, data, image_cache)
         if problems:
             drop("invalid_row", rid, f"{where}: " + "; ".join(problems))
@@ -534,6 +551,7 @@ def export_llamafactory(
         "records_not_kept": not_kept,
         "rows": len(rows),
         "rows_per_task": dict(sorted(per_task.items())),
+        "rows_per_source": dict(Counter(r.get("source", "unlabelled") for r, _ in rows)),
         "images": sum(len(r["images"]) for r, _ in rows),
         "tool_images": sum(len(t) for _, t in rows),
         "dropped": dict(dropped),

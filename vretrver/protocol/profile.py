@@ -5,30 +5,71 @@ profiles with tools, ``tools.json`` (a jinja-rendered JSON list of function sche
 ``observation.jinja`` (how a tool result is shown to the model). Built-in profiles live in
 ``vretrver/protocol/profiles/``; any folder with the same files can be passed instead of a name, so a user
 can match the exact format a checkpoint was trained with.
+
+``profile.json`` may name a profile it ``extends`` (a built-in name or a folder relative to this one): its
+settings are inherited and template files this folder lacks are taken from it. Optional settings:
+
+* ``verbatim``: the rendered system and user texts are used exactly (not trimmed);
+* ``tool_dialect``: whose tool server the tools imitate, ``v-retrver`` (ours) or ``official``
+  (:class:`vretrver.tools.ToolConfig`);
+* ``candidate_image_index``: what tool image index k means, ``candidate`` (candidate k's image) or
+  ``compact`` (the k-th image among the candidates' images, skipping candidates without one);
+* ``action_rule``: ``parser`` (the turn is what :func:`vretrver.protocol.parse_turn` finds first) or
+  ``closing-tag`` (every turn holding ``</tool_call>`` is a tool call, any other turn is final);
+* ``parquet_prompt``: use a sample's ``meta["parquet_prompt"]`` (the public evaluation parquet's prompt),
+  rebuilding its candidate block per window, ``aligned`` or ``upstream`` (see :mod:`.conversation`), or
+  null: not used;
+* ``official_release``: the profile renders what the public release's checkpoints were trained on.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jinja2
 
+from vretrver.protocol.parser import ParsedTurn, ToolCall
+
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "v-retrver"
+MAX_EXTENDS = 8  # depth of an ``extends`` chain (a loop is an error, not a hang)
 
 # How the model is told to write crop coordinates, per coordinate convention (see vretrver.tools).
 COORDINATE_HINTS = {
     "qwen2.5-vl": " in pixels of the image as you see it",
     "qwen3-vl": " in relative coordinates from 0 to 1000",
 }
+_CHOICES = {
+    "tool_dialect": ("v-retrver", "official"),
+    "candidate_image_index": ("candidate", "compact"),
+    "action_rule": ("parser", "closing-tag"),
+    "parquet_prompt": ("aligned", "upstream"),
+}
+TOOL_CALL_OPEN, TOOL_CALL_CLOSE = "<tool_call>", "</tool_call>"
+
+T = TypeVar("T")
 
 
 class ProfileError(ValueError):
     pass
+
+
+def lamra_text(s: str | None) -> str:
+    """LamRA's text cleaning (``format_string`` of its M-BEIR datasets), applied to the texts the public
+    release's prompts show: strip, drop carriage returns and surrounding double quotes, capitalise the
+    first character, end with a period unless the text ends in . ? or !"""
+    s = (s or "").replace("\r", "").strip().strip('"')
+    if s:
+        s = s[0].upper() + s[1:]
+        if s[-1] not in ".?!":
+            s += "."
+    return s
 
 
 @dataclass
@@ -46,11 +87,19 @@ class Profile:
     def uses_tools(self) -> bool:
         return bool(self.tools)
 
+    @property
+    def verbatim(self) -> bool:
+        return bool(self.settings.get("verbatim"))
+
+    @property
+    def official_release(self) -> bool:
+        return bool(self.settings.get("official_release"))
+
     def tool_schemas(self, coordinates: str = "qwen2.5-vl") -> list[dict[str, Any]]:
         """The function schemas shown in the system prompt (empty for a profile without tools)."""
         if not self.uses_tools:
             return []
-        where = self.folder / "tools.json"
+        where = self.templates["tools"].filename or self.folder / "tools.json"
         try:
             text = self.templates["tools"].render(coordinate_hint=COORDINATE_HINTS.get(coordinates, ""))
             schemas = json.loads(text)
@@ -64,27 +113,54 @@ class Profile:
                 f'{where}: expected a JSON list of {{"type": "function", "function": {{"name": ...}}}} schemas'
             ) from None
         if names != self.tools:
-            raise ProfileError(
-                f"{self.folder / 'tools.json'}: tools {names} do not match profile.json {self.tools}"
-            )
+            raise ProfileError(f"{where}: tools {names} do not match profile.json {self.tools}")
         return schemas
 
+    def tool_images(self, slots: Sequence[T | None]) -> list[T | None]:
+        """Tool image index -> image, from ``[query image, candidate 1's image, ..., candidate K's]``.
 
-def _env(folder: Path) -> jinja2.Environment:
+        ``candidate`` indexing keeps the list (None where a candidate has no image); ``compact`` indexing,
+        the public release's tool server, numbers only the candidates that have an image.
+        """
+        slots = list(slots)
+        if self.settings.get("candidate_image_index") == "compact":
+            return slots[:1] + [s for s in slots[1:] if s is not None]
+        return slots
+
+    def turn_action(self, text: str, parsed: ParsedTurn) -> tuple[str, ToolCall | None, str | None]:
+        """What the harness does with an assistant turn: ``(kind, tool call, reason)``, kind being
+        ``"answer"``, ``"tool_call"`` or ``"malformed"`` (the turn ends the episode without an answer).
+
+        The ``closing-tag`` rule is the public release's agent loop: a turn holding ``</tool_call>`` is a
+        tool call whatever else it holds (its call is the text between the first ``<tool_call>`` and the
+        next ``</tool_call>``, unreadable when there is no opening tag); any other turn is final.
+        """
+        if self.settings.get("action_rule") != "closing-tag":
+            return parsed.kind, parsed.tool_call, parsed.reason
+        if TOOL_CALL_CLOSE in text:
+            if TOOL_CALL_OPEN not in text:
+                return "tool_call", ToolCall(None, None, "", error="no <tool_call> before </tool_call>"), None
+            body = text.split(TOOL_CALL_OPEN, 1)[1].split(TOOL_CALL_CLOSE, 1)[0]
+            return "tool_call", ToolCall(None, None, body.strip()), None
+        if parsed.kind == "answer":
+            return "answer", None, None
+        return "malformed", None, parsed.reason or "no </tool_call> and no <answer> in the turn"
+
+
+def _env(search_path: list[Path]) -> jinja2.Environment:
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(folder)),
+        loader=jinja2.FileSystemLoader([str(p) for p in search_path]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=False,
         autoescape=False,
     )
     # Keep key order and non-ASCII text as written, like the Qwen chat templates' own tojson.
     env.filters["tojson"] = lambda x: json.dumps(x, ensure_ascii=False)
+    env.filters["lamra_text"] = lamra_text
     return env
 
 
-@lru_cache(maxsize=32)
-def _load(folder: str) -> Profile:
-    path = Path(folder)
+def _read_meta(path: Path) -> dict[str, Any]:
     meta_file = path / "profile.json"
     if not meta_file.is_file():
         raise ProfileError(f"{path}: not a prompt profile (no profile.json)")
@@ -92,22 +168,62 @@ def _load(folder: str) -> Profile:
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise ProfileError(f"{meta_file}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if not isinstance(meta, dict):
+        raise ProfileError(f"{meta_file}: expected a JSON object of settings")
+    return meta
+
+
+def _chain(path: Path) -> tuple[dict[str, Any], list[Path]]:
+    """The settings of a profile folder merged over those it extends, and the template search path."""
+    metas, folders = [], []
+    while True:
+        meta = _read_meta(path)
+        metas.append(meta)
+        folders.append(path)
+        parent = meta.get("extends")
+        if parent is None:
+            break
+        if not isinstance(parent, str) or not parent:
+            raise ProfileError(f"{path / 'profile.json'}: field 'extends': expected a profile name or folder")
+        if len(folders) >= MAX_EXTENDS:
+            raise ProfileError(
+                f"{path / 'profile.json'}: 'extends' chain longer than {MAX_EXTENDS} (a loop?)"
+            )
+        path = PROFILES_DIR / parent if parent in list_profiles() else (path / parent).resolve()
+    merged: dict[str, Any] = {}
+    for meta in reversed(metas):
+        merged.update(meta)
+    merged.pop("extends", None)
+    merged["name"] = metas[0].get("name", folders[0].name)  # a name is never inherited
+    return merged, folders
+
+
+@lru_cache(maxsize=32)
+def _load(folder: str) -> Profile:
+    path = Path(folder)
+    meta, search = _chain(path)
+    meta_file = path / "profile.json"
     for key, typ in (("tools", list), ("max_tool_calls", int), ("stop", list)):
         if not isinstance(meta.get(key), typ):
             raise ProfileError(f"{meta_file}: field '{key}': expected a {typ.__name__}")
-    env = _env(path)
+    for key, allowed in _CHOICES.items():
+        if meta.get(key) is not None and meta[key] not in allowed:  # null: the setting is off
+            raise ProfileError(
+                f"{meta_file}: field '{key}': expected one of {list(allowed)}, got {meta[key]!r}"
+            )
+    env = _env(search)
     names = ["system", "user"] + (["tools", "observation"] if meta["tools"] else [])
     templates = {}
     for n in names:
         fname = f"{n}.json" if n == "tools" else f"{n}.jinja"
-        if not (path / fname).is_file():
-            raise ProfileError(f"{path}: missing template file {fname}")
         try:
             templates[n] = env.get_template(fname)
+        except jinja2.TemplateNotFound:
+            raise ProfileError(f"{path}: missing template file {fname}") from None
         except jinja2.TemplateSyntaxError as e:
-            raise ProfileError(f"{path / fname}:{e.lineno}: template error: {e.message}") from None
+            raise ProfileError(f"{e.filename}:{e.lineno}: template error: {e.message}") from None
     profile = Profile(
-        name=meta.get("name", path.name),
+        name=meta["name"],
         folder=path,
         tools=list(meta["tools"]),
         max_tool_calls=meta["max_tool_calls"],
@@ -137,3 +253,42 @@ def load_profile(name_or_path: str | Path | Profile = DEFAULT_PROFILE) -> Profil
             f"unknown prompt profile {str(name_or_path)!r}: expected one of {list_profiles()} or a folder"
         )
     return _load(str(p.resolve()))
+
+
+# ----------------------------------------------------------------------------- released checkpoints
+
+# The public release's checkpoints: V-Retrver/V-Retrver-7B, V-Retrver-RFT-7B, V-Retrver-SFT-7B.
+_RELEASE_NAME = re.compile(r"v[-_]?retrver", re.I)
+
+
+def is_release_checkpoint(checkpoint: str | None) -> bool:
+    """Whether a checkpoint (hub id or folder) is one of the public release's, by its name (the hub id or the
+    folder's last component) or by the name its ``config.json`` records (``_name_or_path``)."""
+    if not checkpoint:
+        return False
+    text = str(checkpoint).rstrip("/\\")
+    last = re.split(r"[/\\]", text)[-1]
+    if _RELEASE_NAME.search(last) or (text.count("/") == 1 and _RELEASE_NAME.search(text)):
+        return True
+    cfg = Path(text).expanduser() / "config.json"
+    try:
+        recorded = json.loads(cfg.read_text(encoding="utf-8")).get("_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(recorded, str) and bool(_RELEASE_NAME.search(recorded))
+
+
+def profile_mismatch_warning(checkpoint: str | None, profile: str | Path | Profile) -> str | None:
+    """A one-line warning when a released checkpoint is run with a profile it was not trained on."""
+    if not is_release_checkpoint(checkpoint):
+        return None
+    try:
+        prof = load_profile(profile)
+    except ProfileError:
+        return None  # the caller reports an unknown profile itself
+    if prof.official_release:
+        return None
+    return (
+        f"warning: {checkpoint} is a released V-Retrver checkpoint, trained on the official prompt layout; "
+        f"profile {prof.name!r} renders another one (use --profile official)"
+    )

@@ -7,7 +7,9 @@ This loop instead follows :class:`vretrver.episode.Episode`, rule for rule:
 
 * the prompt is the parquet's conversation (our system prompt already declares the tools), rendered by
   the checkpoint's chat template with no ``tools=`` argument, with the original images, as evaluation does;
-* each assistant turn is parsed by :func:`vretrver.protocol.parse_turn`; generation stops at
+* each assistant turn is parsed by :func:`vretrver.protocol.parse_turn` and read by the profile's action
+  rule (:meth:`vretrver.protocol.Profile.turn_action`); the profile's tool dialect decides how a call is
+  checked and which error texts come back (:class:`vretrver.tools.ToolConfig`); generation stops at
   ``</tool_call>`` as the evaluation engines do, and the ``<|im_end|>`` the chat template closes the turn
   with is added as context (loss mask 0);
 * an answer or a malformed turn ends the trajectory; a tool call beyond the budget (valid or not) ends it
@@ -41,8 +43,8 @@ from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, ToolListWrap, register
 
 from vretrver.integrations.verl import AGENT_NAME, ROLLOUT_RECORD_KEY, SAMPLE_INFO_KEY
-from vretrver.protocol import ParsedTurn, load_profile, observation_message, parse_turn
-from vretrver.tools import ToolConfig, ToolResult, image_table, load_image, run_tool, to_rgb
+from vretrver.protocol import ToolCall, load_profile, observation_message, parse_turn
+from vretrver.tools import ToolConfig, ToolResult, image_table, load_image, resolve_call
 
 logger = logging.getLogger(__file__)
 logger.setLevel(os.getenv("VERL_LOGGING_LEVEL", "WARN"))
@@ -95,7 +97,7 @@ def _load_part_image(part: dict[str, Any]) -> Any:
     The rollouts of one prompt share its parts (verl repeats the batch by reference) and a PIL image opened
     by the dataset decodes lazily, so images are decoded afresh from their bytes, or copied under a lock.
     """
-    # load_image / to_rgb: the same RGB conversion as evaluation (transparent parts on white).
+    # load_image: the same preparation as evaluation (upright, transparent parts on white, size cap).
     if part.get("bytes") is not None:
         return load_image(io.BytesIO(part["bytes"]))
     src = part.get("image")
@@ -103,7 +105,7 @@ def _load_part_image(part: dict[str, Any]) -> Any:
         raise ValueError(f"{AGENT_NAME}: an image part of the prompt has no image")
     if isinstance(src, Image.Image):
         with _PIL_LOCK:
-            return to_rgb(src).copy()
+            return load_image(src).copy()
     return load_image(src)
 
 
@@ -170,6 +172,7 @@ class VRetrverAgentLoop(AgentLoopBase):
                 f"{AGENT_NAME}: profile {profile.name!r} uses tools {missing} that the tool config does not "
                 "load (actor_rollout_ref.rollout.multi_turn.tool_config_path)"
             )
+        tool_config = self.tool_config.for_profile(profile)  # the profile's tool dialect
         tools_kwargs = kwargs.get("tools_kwargs") or {}
         messages, images = await self.loop.run_in_executor(None, prompt_messages, kwargs["raw_prompt"])
         table = image_table([images[p] if 0 <= p < len(images) else None for p in spec.image_map])
@@ -219,15 +222,15 @@ class VRetrverAgentLoop(AgentLoopBase):
 
             text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
             turns.append(text)
-            parsed: ParsedTurn = parse_turn(text)
+            kind, call, reason = profile.turn_action(text, parse_turn(text))
             if out.stop_reason == "aborted":
                 end_reason = "aborted"
                 break
-            if parsed.kind == "answer":
+            if kind == "answer":
                 end_reason = "answer"
                 break
-            if parsed.kind == "malformed":
-                end_reason = "malformed turn: " + (parsed.reason or "")
+            if kind == "malformed":
+                end_reason = "malformed turn: " + (reason or "")
                 break
             if not profile.uses_tools or n_valid + n_invalid >= budget:
                 end_reason = "tool call beyond the budget"
@@ -237,14 +240,14 @@ class VRetrverAgentLoop(AgentLoopBase):
                 break
 
             t0 = time.perf_counter()
-            result = await self._call_tool(parsed, table, tools_kwargs, allowed)
+            result = await self._call_tool(call, table, tools_kwargs, allowed, tool_config)
             timing["tool_calls"] += time.perf_counter() - t0
             if result.valid:
                 n_valid += 1
             else:
                 n_invalid += 1
             parts, shown = observation_message(
-                profile, result.tool, result.indices, result.images, result.error
+                profile, result.tool, result.indices, result.images, result.error, result.valid
             )
             it = iter(shown)
             content = [
@@ -296,30 +299,34 @@ class VRetrverAgentLoop(AgentLoopBase):
         )
 
     async def _call_tool(
-        self, parsed: ParsedTurn, table: Any, tools_kwargs: dict[str, Any], allowed: list[str]
+        self,
+        call: ToolCall,
+        table: Any,
+        tools_kwargs: dict[str, Any],
+        allowed: list[str],
+        tool_config: ToolConfig,
     ) -> ToolResult:
-        call = parsed.tool_call
-        if call is None or call.error or call.name not in allowed:
+        resolved = resolve_call(call, tool_config, allowed)
+        if isinstance(resolved, ToolResult):
             # Unparsable or unknown: the same error texts the evaluation harness shows.
-            return run_tool(call, table, self.tool_config, allowed=allowed)
-        tool = self.tools[call.name]
-        create_kwargs = (tools_kwargs.get(call.name) or {}).get("create_kwargs") or {}
+            return resolved
+        name, arguments = resolved
+        tool = self.tools[name]
+        create_kwargs = (tools_kwargs.get(name) or {}).get("create_kwargs") or {}
         instance_id, _ = await tool.create(create_kwargs=create_kwargs)
         try:
             response, _, info = await tool.execute(
-                instance_id, call.arguments, images=table, tool_config=self.tool_config
+                instance_id, arguments, images=table, tool_config=tool_config
             )
         except Exception as e:  # a tool must never take the rollout down
-            logger.warning("tool %s failed: %r", call.name, e)
-            return ToolResult(tool=call.name, valid=False, error=f"the tool failed: {type(e).__name__}")
+            logger.warning("tool %s failed: %r", name, e)
+            return ToolResult(tool=name, valid=False, error=f"the tool failed: {type(e).__name__}")
         finally:
             await tool.release(instance_id)
         if not isinstance(info, dict) or "valid" not in info:
-            raise TypeError(
-                f"{AGENT_NAME}: tool {call.name!r} is not a vretrver tool (no 'valid' in its metrics)"
-            )
+            raise TypeError(f"{AGENT_NAME}: tool {name!r} is not a vretrver tool (no 'valid' in its metrics)")
         return ToolResult(
-            tool=call.name,
+            tool=name,
             valid=bool(info["valid"]),
             images=list(response.image or []),
             indices=list(info.get("indices") or []),

@@ -162,8 +162,10 @@ def _image_map(
     conv = build_conversation(stand_in, profile, coordinates, max_tool_calls)
     position = {tag: i for i, tag in enumerate(conv.images)}
     query_tag = tags[-1] if tags else None
-    image_map = [position.get(query_tag, -1) if query_tag else -1]
-    image_map += [position.get(f"\x01c{k}", -1) for k in range(1, len(sample.candidates) + 1)]
+    slots = [position.get(query_tag) if query_tag else None]
+    slots += [position.get(f"\x01c{k}") for k in range(1, len(sample.candidates) + 1)]
+    # The profile says what tool index k means (candidate k, or the k-th candidate image).
+    image_map = [-1 if p is None else p for p in profile.tool_images(slots)]
     real = {f"\x01q{j}": p for j, p in enumerate(sample.query.images)}
     real.update({f"\x01c{k}": c.image for k, c in enumerate(sample.candidates, 1) if c.image})
     conv.images = [real[t] for t in conv.images]
@@ -400,13 +402,15 @@ def validate_rl_row(row: dict[str, Any], where: str, decode_images: bool = False
     except Exception as e:
         raise RLDataError(f"{where}: field 'extra_info.{SAMPLE_INFO_KEY}.profile': {e}") from None
     image_map = info.get("image_map")
+    # Compact tool indices number only the candidates that have an image: the map may be shorter.
+    compact = profile.settings.get("candidate_image_index") == "compact"
     _check(
         isinstance(image_map, list)
-        and len(image_map) == k + 1
+        and (1 <= len(image_map) <= k + 1 if compact else len(image_map) == k + 1)
         and all(-1 <= p < len(images) for p in image_map),
         where,
         f"extra_info.{SAMPLE_INFO_KEY}.image_map",
-        f"{k + 1} positions in -1..{len(images) - 1}",
+        f"{'at most ' if compact else ''}{k + 1} positions in -1..{len(images) - 1}",
         image_map,
     )
     ids = info.get("candidate_ids")
