@@ -27,7 +27,7 @@ from vretrver.protocol import ProfileError, build_conversation, load_profile, sy
 from vretrver.protocol.conversation import parquet_window_prompt
 from vretrver.protocol.profile import is_release_checkpoint, profile_mismatch_warning
 from vretrver.samples import Candidate, Query, Sample
-from vretrver.tools import ToolConfig, crop_image, select_images
+from vretrver.tools import ToolConfig, select_images
 
 CAMERA = str(DATA / "camera.png")  # 512 x 512 greyscale
 PHOTOS = [ASTRONAUT, CHELSEA, COFFEE, ROCKET, CAMERA]
@@ -382,9 +382,11 @@ def expected_images(text: str, slots: list[str | None], cfg: ToolConfig) -> list
     name, a = args["name"], args["arguments"]
     if name == "select_images":
         return [select_images({"target_images": [0]}, [slots[i]], cfg).images[0] for i in a["target_images"]]
-    return crop_image(
-        {"bbox_2d": a["bbox_2d"], "target_image": 0}, [slots[int(a["target_image"])]], cfg
-    ).images
+    from vretrver.images import load_image
+    from vretrver.tools import _resize_out
+
+    img = load_image(slots[int(a["target_image"])])
+    return [_resize_out(img.crop(_release_crop_box(a["bbox_2d"], *img.size)), cfg)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -745,6 +747,54 @@ def test_official_tool_semantics_follow_the_server():
         ep.turns[-1].text
         == "<tool_response>\nError: at most 4 images can be selected, got 5\n</tool_response>"
     )
+
+
+def _release_crop_box(box, w, h):
+    """The release server's crop() box arithmetic, restated: padding as a fraction of the file's size
+    (10 %, at most 600 px), pixel boxes divided by the file's size unless all four values are <= 1,
+    each side clamped to [0, 1], then truncated to pixels."""
+    pad = (min(0.1, 600.0 / w), min(0.1, 600.0 / h))
+    if box[0] <= 1 and box[1] <= 1 and box[2] <= 1 and box[3] <= 1:
+        n = (box[0] - pad[0], box[1] - pad[1], box[2] + pad[0], box[3] + pad[1])
+    else:
+        n = (box[0] / w - pad[0], box[1] / h - pad[1], box[2] / w + pad[0], box[3] / h + pad[1])
+    n = [min(max(0, v), 1) for v in n]
+    return (int(n[0] * w), int(n[1] * h), int(n[2] * w), int(n[3] * h))
+
+
+def test_official_crop_geometry_is_the_servers():
+    from PIL import Image
+
+    from vretrver.tools import official_crop_region
+
+    rng = random.Random(5)
+    for _ in range(2000):
+        w, h = rng.choice([(256, 341), (640, 480), (7000, 300), (37, 4000)])
+        kind = rng.random()
+        if kind < 0.3:  # normalised
+            box = sorted(rng.uniform(0, 1) for _ in range(2))
+            boy = sorted(rng.uniform(0, 1) for _ in range(2))
+            box = [box[0], boy[0], box[1], boy[1]]
+        else:  # pixels, sometimes past the edge or negative (clamped by the server, not rejected)
+            box = [rng.uniform(-50, w * 1.3), rng.uniform(-50, h * 1.3)]
+            box += [box[0] + rng.uniform(-20, w), box[1] + rng.uniform(-20, h)]
+        want = _release_crop_box(box, w, h)
+        got = official_crop_region(box, w, h)
+        if want[2] <= want[0] or want[3] <= want[1]:
+            assert isinstance(got, str), (box, w, h)
+        else:
+            assert got == want, (box, w, h)
+    # Through the official tool: the region is cut from the image file as stored (not the resized view).
+    img = Image.new("RGB", (640, 480), "white")
+    sample_images = [img, img]
+    from vretrver.protocol.parser import ToolCall
+    from vretrver.tools import image_table, run_tool
+
+    call = ToolCall("crop_image", {"bbox_2d": [600, 400, 900, 900], "target_image": 0}, "")
+    res = run_tool(call, image_table(sample_images), ToolConfig(dialect="official"))
+    assert res.valid and res.box == _release_crop_box([600, 400, 900, 900], 640, 480) == (536, 352, 640, 480)
+    # ours rejects a box that far outside the image
+    assert not run_tool(call, image_table(sample_images), ToolConfig()).valid
 
 
 # ---------------------------------------------------------------------------------- SFT export

@@ -18,7 +18,8 @@ cropped from the original image, and the crop is smart-resized to multiples of 2
 (ours: tolerant reading of the call, at most ``max_select`` distinct images, our error texts) or
 ``official`` (the public release's server, restated in :func:`_official_call`, :func:`_official_select`
 and :func:`_official_crop`: strict JSON, its checks in its order, its error texts, any number of
-images, repeats kept). The crop geometry and the resizing are ours in both.
+images, repeats kept, and its crop geometry: boxes in pixels of the image file, clamped rather than
+rejected). The resizing of returned images is ours in both.
 """
 
 from __future__ import annotations
@@ -362,10 +363,40 @@ def _official_crop(args: dict[str, Any], imgs: _Images, cfg: ToolConfig) -> Tool
         return fail(_NO_CANDIDATE_IMAGES)
     if ti != 0 and not 1 <= ti <= n:
         return fail(_out_of_range(n))
-    result = crop_image({"bbox_2d": box, "target_image": int(ti)}, imgs, cfg)
-    if not result.valid:  # the server reports a failed crop with its exception text; ours says why
-        return fail(f"Error processing image: {result.error}")
-    return result
+    img, err = imgs.get(ti)
+    if err:
+        return fail(f"Error processing image: {err}")
+    region = official_crop_region(box, *img.size)
+    if isinstance(region, str):  # the server reports a failed crop with its exception text; ours says why
+        return fail(f"Error processing image: {region}")
+    crop = _resize_out(img.crop(region), cfg)
+    return ToolResult(tool="crop_image", valid=True, images=[crop], indices=[ti], box=region)
+
+
+def official_crop_region(box: list[Any], w: int, h: int) -> tuple[int, int, int, int] | str:
+    """The pixel region the release's server crops for ``box`` on a ``w`` x ``h`` image, or why none.
+
+    Its rule: the box is in pixels of the image file (normalised when all four values are at most 1);
+    padding is 10 % of each side, at most 600 px; the padded box is clamped to the image in normalised
+    coordinates and truncated to whole pixels. Unlike ours it never rejects a box outside the image: it
+    clamps it, and only an empty result fails.
+    """
+    try:
+        v = [float(x) for x in box]
+    except (TypeError, ValueError, OverflowError):
+        return "bbox_2d must hold four numbers"
+    if not all(math.isfinite(x) for x in v):
+        return "bbox_2d must hold four finite numbers"
+    px, py = min(0.1, 600.0 / w), min(0.1, 600.0 / h)
+    if all(x <= 1 for x in v):
+        n = [v[0] - px, v[1] - py, v[2] + px, v[3] + py]
+    else:
+        n = [v[0] / w - px, v[1] / h - py, v[2] / w + px, v[3] / h + py]
+    n = [min(max(0.0, x), 1.0) for x in n]
+    region = (int(n[0] * w), int(n[1] * h), int(n[2] * w), int(n[3] * h))
+    if region[2] <= region[0] or region[3] <= region[1]:
+        return "bbox_2d selects an empty region"
+    return region
 
 
 _OFFICIAL_TOOLS = {"select_images": _official_select, "crop_image": _official_crop}
