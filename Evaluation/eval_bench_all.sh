@@ -26,8 +26,8 @@ RETRIEVER="${RETRIEVER:-lamra}"
 ENGINE="${ENGINE:-vllm}"                                      # vllm | hf | openai
 DEFAULT_ENGINE_ARGS='{"tensor_parallel_size": 1}'
 ENGINE_ARGS="${ENGINE_ARGS:-$DEFAULT_ENGINE_ARGS}"            # JSON, passed to the engine
-PROFILE="${PROFILE:-v-retrver}"
-MBEIR_POOL="${MBEIR_POOL:-local}"                             # M-BEIR / held-out: local (the papers' tables) | global
+PROFILE="${PROFILE:-}"    # empty: each checkpoint's own (official for the released V-Retrver ones)
+MBEIR_POOL="${MBEIR_POOL:-local}"                             # M-BEIR / held-out: local (the papers' tables) | global | lamra-global
 OUT_ROOT="${OUT_ROOT:-runs/eval_all}"
 read -ra EXTRA_ARGS <<< "${EXTRA_ARGS:-}"                     # e.g. "--limit 100" for a quick look
 PYTHON="${PYTHON:-python}"
@@ -43,7 +43,8 @@ for ckpt in "${CHECKPOINTS[@]}"; do
     retriever="${RETRIEVER//\{benchmark\}/$bench}"
     echo "=== $name on $bench -> $out"
     args=(eval --benchmark "$bench" --retriever "$retriever" --reranker "$ckpt"
-          --engine "$ENGINE" --engine-args "$ENGINE_ARGS" --profile "$PROFILE" --out "$out")
+          --engine "$ENGINE" --engine-args "$ENGINE_ARGS" --out "$out")
+    if [[ -n "$PROFILE" ]]; then args+=(--profile "$PROFILE"); fi
     if [[ "$bench" != "tuxpaint" ]]; then args+=(--data-root "${DATA_ROOT[$bench]}"); fi
     if [[ "$bench" == "mbeir" || "$bench" == "heldout" ]]; then args+=(--pool "$MBEIR_POOL"); fi
     "$PYTHON" -m vretrver.cli "${args[@]}" "${EXTRA_ARGS[@]}" || echo "!!! $name on $bench failed; continuing"

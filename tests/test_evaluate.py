@@ -335,6 +335,26 @@ def test_missing_images_are_listed_or_skipped_and_counted(mbeir, tmp_path, capsy
     assert all("9:105" not in r["ranked"] and "9:107" not in r["ranked"] for r in fs)
 
 
+def test_images_that_do_not_open_are_skipped_and_counted(mbeir, tmp_path, capsys):
+    src = candidates_file(tmp_path / "cands.jsonl")
+    # 9:105 is no picture at all; 9:107 claims 4 M px, a decompression bomb under a limit of 1.5 M px
+    # (PIL refuses files above twice MAX_IMAGE_PIXELS); the other JPEGs are 40 x 30.
+    (mbeir / IMG.format(105)).write_text("not a picture")
+    Image.new("1", (2000, 2000)).save(mbeir / IMG.format(107), format="PNG")
+    args = mbeir_args(mbeir, f"precomputed:{src}", "mscoco_task0", "--top-n", "10", "--skip-missing")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Image, "MAX_IMAGE_PIXELS", 1_500_000)
+        code, _, err = run_cli([*args, "--out", str(tmp_path / "b")], capsys)
+    assert code == 0
+    assert "0 image files are missing and 2 do not open" in err
+    t0 = json.loads((tmp_path / "b" / "summary.json").read_text())["tasks"]["mscoco_task0"]
+    assert t0["counts"]["unreadable_image_files"] == 2
+    assert t0["counts"]["missing_image_candidates"] == 2
+    assert "missing_image_files" not in t0["counts"]
+    # The same outcome as the two files missing (see the test above): 9:3's positive moves from 7 to 5.
+    assert t0["first_stage"] == pytest.approx({"R@1": 0.25, "R@5": 0.75, "R@10": 0.75})
+
+
 # --------------------------------------------------------------------------- per-query restrictions
 
 

@@ -945,7 +945,7 @@ def test_released_checkpoints_are_recognised(tmp_path):
 def test_eval_warns_and_demo_picks_the_official_profile(monkeypatch, capsys):
     import vretrver.evaluate as evaluate_mod
     from vretrver.cli import main
-    from vretrver.cli_demo import demo_profile
+    from vretrver.protocol.profile import checkpoint_profile
 
     class Stop(Exception):
         pass
@@ -954,27 +954,17 @@ def test_eval_warns_and_demo_picks_the_official_profile(monkeypatch, capsys):
         raise Stop(cfg.profile)
 
     monkeypatch.setattr(evaluate_mod, "evaluate", fake_evaluate)
-    for profile, warned in (("v-retrver", True), ("official", False)):
-        with pytest.raises(Stop, match=profile):
-            main(
-                [
-                    "eval",
-                    "--benchmark",
-                    "tuxpaint",
-                    "--reranker",
-                    "V-Retrver/V-Retrver-7B",
-                    "--out",
-                    "x",
-                    "--profile",
-                    profile,
-                ]
-            )
+    base = ["eval", "--benchmark", "tuxpaint", "--reranker", "V-Retrver/V-Retrver-7B", "--out", "x"]
+    # No --profile: the profile the checkpoint was trained on, and so no warning.
+    for profile, warned in (("v-retrver", True), ("official", False), (None, False)):
+        with pytest.raises(Stop, match=profile or "official"):
+            main(base + (["--profile", profile] if profile else []))
         err = capsys.readouterr().err
         assert ("released V-Retrver checkpoint" in err) == warned
         assert len([ln for ln in err.splitlines() if "V-Retrver" in ln]) == int(warned)
-    assert demo_profile(None, "V-Retrver/V-Retrver-7B") == "official"
-    assert demo_profile(None, "tiny") == "v-retrver"
-    assert demo_profile("v-retrver", "V-Retrver/V-Retrver-7B") == "v-retrver"
+    assert checkpoint_profile("V-Retrver/V-Retrver-7B") == "official"
+    assert checkpoint_profile("tiny") == "v-retrver"
+    assert checkpoint_profile("V-Retrver/V-Retrver-7B", "v-retrver") == "v-retrver"
 
 
 # ---------------------------------------------------------------------------------- profile loading

@@ -372,6 +372,17 @@ def test_offline_embedder_on_real_photos(offline, sample_photos):
         offline.embed_queries([Sample("empty", Query())])
 
 
+def test_offline_embedder_names_an_oversized_image(offline, sample_photos, monkeypatch):
+    from PIL import Image
+
+    # Above twice MAX_IMAGE_PIXELS PIL refuses a file (a decompression bomb): the first stage must stop
+    # with an OSError naming it, which the command line prints as one line.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    path = str(sample_photos["chelsea"])
+    with pytest.raises(OSError, match=f"cannot read image {path}: too large"):
+        offline.embed_candidates([Candidate("c", image=path)])
+
+
 @pytest.mark.skipif(not TUXPAINT.is_dir(), reason="Tux Paint stamps are not installed")
 def test_offline_embedder_ranks_tuxpaint_stamps_by_caption(offline):
     pairs = []

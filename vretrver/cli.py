@@ -25,6 +25,25 @@ def _engine_args(ns: argparse.Namespace) -> dict:
     return args
 
 
+def _reader_args(ns: argparse.Namespace) -> dict:
+    """``--reader-args`` JSON merged with the reader options that have their own flag."""
+    args: dict = {}
+    if ns.reader_args:
+        try:
+            args = json.loads(ns.reader_args)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"--reader-args: expected a JSON object ({e.msg})") from None
+        if not isinstance(args, dict):
+            raise SystemExit("--reader-args: expected a JSON object, e.g. '{\"rounds\": 3}'")
+    for key, flag in (("image_dir", "image-dir"), ("category", "category"), ("vg_dir", "vg-dir")):
+        value = getattr(ns, key)
+        if value is not None:
+            if key in args and args[key] != value:
+                raise SystemExit(f"--{flag} and --reader-args set {key!r} differently")
+            args[key] = value
+    return args
+
+
 def add_rerank_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine", choices=("hf", "vllm", "openai"), default="hf", help="inference engine (default: hf)"
@@ -35,7 +54,10 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
         '\'{"base_url": "http://localhost:8000/v1"}\'',
     )
     p.add_argument(
-        "--profile", default="v-retrver", help="prompt profile name or folder (default: v-retrver)"
+        "--profile",
+        help="prompt profile name or folder (default: the one the checkpoint was trained on: official for "
+        "the released V-Retrver checkpoints, v-retrver otherwise; official-original-01 / -02 are the "
+        "release's other prompt variants)",
     )
     p.add_argument(
         "--max-tool-calls", type=int, help="tool-call budget per window (default: the profile's, 2)"
@@ -47,6 +69,7 @@ def add_rerank_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     from vretrver.evaluate import EvalConfig, evaluate
+    from vretrver.protocol.profile import checkpoint_profile, profile_mismatch_warning
 
     reranker = None if ns.reranker in (None, "none") else ns.reranker
     cfg = EvalConfig(
@@ -56,14 +79,19 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         split=ns.split,
         limit=ns.limit,
         pool=ns.pool,
+        instruction=ns.instruction,
+        reader_args=_reader_args(ns),
         retriever=ns.retriever,
+        max_unresolved=ns.max_unresolved,
+        parquet_prompts=ns.parquet_prompts,
         reranker=reranker,
         engine=ns.engine,
         engine_args=_engine_args(ns),
-        profile=ns.profile,
+        profile=checkpoint_profile(reranker, ns.profile),
         top_n=ns.top_n,
         window=ns.window,
         stride=ns.stride,
+        window_mode=ns.window_mode,
         max_tool_calls=ns.max_tool_calls,
         temperature=ns.temperature,
         max_new_tokens=ns.max_new_tokens,
@@ -74,7 +102,11 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         cache_dir=ns.cache_dir,
         ray_address=ns.ray_address,
         ray_workers=ns.ray_workers,
+        retry_failed=ns.retry_failed,
     )
+    warning = profile_mismatch_warning(reranker, cfg.profile)
+    if warning:
+        print(warning, file=sys.stderr)
     out, summary = evaluate(cfg, ns.out, progress=not ns.quiet)
     print((out / "summary.md").read_text())
     print(f"results: {out}")
@@ -104,8 +136,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pool",
         default="local",
-        choices=("local", "global"),
-        help="M-BEIR candidate pool: each task's own (default, the papers' tables) or the union of all tasks",
+        choices=("local", "global", "lamra-global"),
+        help="M-BEIR candidate pool: each task's own (default, the papers' tables); 'global', the union pool "
+        "filtered by each query's candidate modality; 'lamra-global', LamRA's global setting (the 16 local "
+        "pools concatenated, copies kept, no modality filter)",
+    )
+    p.add_argument(
+        "--instruction",
+        default="first",
+        help="M-BEIR query instruction: 'first' of the task's list (default) or 'random[:SEED]', one drawn "
+        "per query as LamRA does, seeded (default seed 0) so runs repeat",
+    )
+    p.add_argument("--image-dir", help="mtfiq: the FashionIQ image folder (default: DATA_ROOT/images)")
+    p.add_argument("--category", help="mtfiq: all (default) | dress | shirt | toptee")
+    p.add_argument("--vg-dir", help="genecis: the Visual Genome 1.2 image folder to cut missing crops from")
+    p.add_argument(
+        "--reader-args",
+        help="more keyword arguments for the benchmark reader as JSON, e.g. '{\"rounds\": 3}' (visdial) or "
+        '\'{"duplicates": "drop"}\' (genecis, mtfiq); an unknown key lists the ones the reader takes',
     )
     p.add_argument(
         "--retriever",
@@ -119,6 +167,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-n", type=int, help="candidates to rerank (default: 50; 10 for the zero-shot sets)")
     p.add_argument("--window", type=int, default=20)
     p.add_argument("--stride", type=int, default=10)
+    p.add_argument(
+        "--window-mode",
+        default="ours",
+        choices=("ours", "official"),
+        help="ours (default): windows cover each list as it is; official: the release's fixed windows "
+        "(30-49, 20-39, 10-29, 0-19), skipped where they do not fit a list, and only a bracketed answer "
+        "reorders its window",
+    )
+    p.add_argument(
+        "--max-unresolved",
+        type=int,
+        default=0,
+        help="precomputed lists: how many entries may be lost (hits matching no pool candidate, unknown "
+        "candidate or query ids, queries without a row) before the run stops (default: 0)",
+    )
+    p.add_argument(
+        "--parquet-prompts",
+        action="store_true",
+        help="with a V-Retrver parquet as first stage: give each query its prompt from the file",
+    )
     p.add_argument(
         "--index", default="flat", choices=("flat", "fp16", "ivfpq"), help="faiss index (default: flat)"
     )
@@ -134,6 +202,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--ray-workers", type=int, help="Ray actors (default: one per GPU; CPU only: the CPUs, <= 8)"
+    )
+    p.add_argument(
+        "--retry-failed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="resuming: rerank again the queries the engine failed on (default); --no-retry-failed keeps "
+        "them as they are (their failed windows in first-stage order)",
     )
     p.add_argument("--out", required=True, help="result folder")
     p.add_argument("--quiet", action="store_true")

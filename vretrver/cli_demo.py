@@ -97,16 +97,10 @@ def unavailable_message(why: str, what_ran: str, command: str, tiny_command: str
     )
 
 
-def demo_profile(profile: str | None, reranker: str | None) -> str:
-    """The prompt profile of a demo run: the one asked for, else the one the checkpoint was trained on."""
-    from vretrver.protocol.profile import is_release_checkpoint
-
-    return profile or ("official" if is_release_checkpoint(reranker) else "v-retrver")
-
-
 def cmd_demo(ns: argparse.Namespace) -> int:
     from vretrver.cli import _engine_args
     from vretrver.evaluate import EvalConfig, evaluate
+    from vretrver.protocol.profile import checkpoint_profile
     from vretrver.report.viewer import TINY_NOTE, write_report
 
     reranker: str | None = ns.reranker
@@ -135,7 +129,7 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     tiny = reranker == "tiny"
     cfg = EvalConfig(
         benchmark="tuxpaint",
-        profile=demo_profile(ns.profile, reranker),
+        profile=checkpoint_profile(reranker, ns.profile),
         limit=ns.limit,
         retriever="offline",
         reranker=reranker,
@@ -215,7 +209,7 @@ def _rerank_command(ns: argparse.Namespace, reranker: str, engine: str | None) -
 def cmd_rerank(ns: argparse.Namespace) -> int:
     from vretrver.cli import _engine_args
     from vretrver.evaluate import EvalConfig, _Reranker, rerank_task
-    from vretrver.protocol.profile import profile_mismatch_warning
+    from vretrver.protocol.profile import checkpoint_profile, profile_mismatch_warning
     from vretrver.report.viewer import TINY_NOTE, first_page, write_report
 
     if not (ns.query_text or ns.query_image):
@@ -254,7 +248,7 @@ def cmd_rerank(ns: argparse.Namespace) -> int:
         reranker=ns.reranker,
         engine=ns.engine,
         engine_args=_engine_args(ns),
-        profile=ns.profile,
+        profile=checkpoint_profile(ns.reranker, ns.profile),
         top_n=len(cands),
         max_tool_calls=ns.max_tool_calls,
         temperature=ns.temperature,

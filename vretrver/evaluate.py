@@ -4,6 +4,7 @@ A result folder holds::
 
     config.json                 the settings that define the results (a different setting = a new folder)
     first_stage/<task>.jsonl    {"qid", "ranked", "scores"}: the first-stage top-N per query
+    first_stage/<task>.issues.json  precomputed lists: counts of lost entries (also in summary.json)
     samples/<task>.jsonl        each query with its top-N candidates (the viewer and data builders read it)
     results/<task>.jsonl        one line per reranked query, appended as queries finish (resume point)
     trajectories/<task>.jsonl   every episode of every window, for the viewer (images in trajectories/img/)
@@ -37,7 +38,7 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,7 +46,9 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from vretrver.engines.base import Engine, GenerationConfig
-from vretrver.metrics import paper_metric, score_task
+from vretrver.images import check_readable
+from vretrver.jsonl import dumps_line, read_appended
+from vretrver.metrics import TaskScore, expand_copies, paper_metric, score_task
 from vretrver.report.tables import summarize, task_entry, write_summary, write_trec
 from vretrver.samples import Sample, SampleError, TaskData, atomic_write_text, write_jsonl, write_samples
 
@@ -57,7 +60,16 @@ ZERO_SHOT = ("circo", "genecis", "visdial", "vist", "mtfiq")
 CIRCO_DEPTH = 50
 # Settings that do not change results: left out of the fingerprint.
 POOL_BENCHMARKS = ("mbeir", "heldout")  # the benchmarks with a choice of candidate pool
-_PLUMBING = ("engine_args", "chunk_queries", "cache_dir", "tasks", "ray_address", "ray_workers")
+_PLUMBING = (
+    "engine_args",
+    "chunk_queries",
+    "cache_dir",
+    "tasks",
+    "ray_address",
+    "ray_workers",
+    "retry_failed",  # what a resumed run does with failed queries, not how a query is reranked
+    "max_unresolved",  # only decides whether a run with lost first-stage entries goes on
+)
 # The engine kind counts: greedy decoding in different engines (and dtypes) can differ.
 _RERANK_SETTINGS = (
     "engine",
@@ -68,6 +80,8 @@ _RERANK_SETTINGS = (
     "temperature",
     "max_new_tokens",
     "seed",
+    "window_mode",
+    "parquet_prompts",
 )
 _SECRET_WORDS = ("key", "token", "secret", "password")
 
@@ -79,9 +93,17 @@ class EvalConfig:
     data_root: str | None = None
     split: str | None = None
     limit: int | None = None
-    pool: str = "local"  # M-BEIR: each task's local pool, or "global", the union pool of all tasks
+    # M-BEIR: each task's local pool; "global", the union pool (modality-filtered); "lamra-global",
+    # LamRA's 16 local pools concatenated (copies kept, no modality filter)
+    pool: str = "local"
+    instruction: str = "first"  # M-BEIR: the first instruction of the task, or "random[:SEED]" per query
+    # Keyword arguments for the benchmark's reader (registry.reader_arguments), e.g. {"image_dir": ...}
+    reader_args: dict[str, Any] = field(default_factory=dict)
     # offline | lamra[:MODEL] | hash[:DIM] | precomputed:PATH (PATH may contain {task})
     retriever: str = "offline"
+    # precomputed: first-stage entries that may be lost (unmatched hits, unknown ids) before the run stops
+    max_unresolved: int = 0
+    parquet_prompts: bool = False  # precomputed parquet: each query's prompt from the file (meta)
     reranker: str | None = None  # a checkpoint folder / hub id, "tiny", or None for first stage only
     engine: str = "hf"  # hf | vllm | openai
     engine_args: dict[str, Any] = field(default_factory=dict)
@@ -89,6 +111,7 @@ class EvalConfig:
     top_n: int | None = None  # default: 50 for M-BEIR-style tasks, 10 for the zero-shot sets
     window: int = 20
     stride: int = 10
+    window_mode: str = "ours"  # ours | official: the release's fixed windows and answer rules (rerank.py)
     max_tool_calls: int | None = None
     temperature: float = 0.0
     max_new_tokens: int = 1024
@@ -99,6 +122,7 @@ class EvalConfig:
     cache_dir: str | None = None
     ray_address: str | None = None  # "local", "auto" or a cluster address: data-parallel reranking
     ray_workers: int | None = None  # actors (default: one per GPU; without GPUs, the cluster's CPUs, <= 8)
+    retry_failed: bool = True  # on resume, rerank again the queries the engine failed on
 
     def resolved_top_n(self) -> int:
         if self.top_n is not None:
@@ -109,10 +133,19 @@ class EvalConfig:
         """Hash of every setting that changes results (not engine plumbing, caches or chunk sizes)."""
         keep = {k: v for k, v in asdict(self).items() if k not in _PLUMBING}
         keep["top_n"] = self.resolved_top_n()
+        # Settings added later enter the hash only when set, so earlier result folders keep theirs.
+        for k, default in (
+            ("instruction", "first"),
+            ("reader_args", {}),
+            ("window_mode", "ours"),
+            ("parquet_prompts", False),
+        ):
+            if keep[k] == default:
+                keep.pop(k)
         if not self.reranker:
             # First stage only: the reranking settings cannot change anything.
             for k in _RERANK_SETTINGS:
-                keep.pop(k)
+                keep.pop(k, None)
         return hashlib.sha1(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:10]
 
     def check(self) -> None:
@@ -126,12 +159,46 @@ class EvalConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.ray_workers is not None and self.ray_workers < 1:
             raise ValueError(f"ray-workers must be >= 1, got {self.ray_workers}")
-        if self.pool != "local" and (self.benchmark not in POOL_BENCHMARKS or self.pool != "global"):
+        if self.pool != "local" and (
+            self.benchmark not in POOL_BENCHMARKS or self.pool not in ("global", "lamra-global")
+        ):
             raise ValueError(
-                f"pool must be 'local' or, for {' / '.join(POOL_BENCHMARKS)}, 'global'; got {self.pool!r}"
+                f"pool must be 'local' or, for {' / '.join(POOL_BENCHMARKS)}, 'global' or 'lamra-global';"
+                f" got {self.pool!r}"
             )
+        if self.instruction != "first":
+            if self.benchmark not in POOL_BENCHMARKS:
+                raise ValueError(
+                    f"--instruction applies to {' / '.join(POOL_BENCHMARKS)} (the zero-shot sets have one"
+                    f" instruction each); got {self.instruction!r} for {self.benchmark}"
+                )
+            from vretrver.benchmarks.mbeir import instruction_picker
+
+            instruction_picker(self.instruction)
+        own = {"pool": "--pool", "instruction": "--instruction", "progress": "--quiet"}
+        clash = [k for k in self.reader_args if k in own and self.benchmark in POOL_BENCHMARKS]
+        if clash:
+            raise ValueError(f"--reader-args: set {clash[0]!r} with {own[clash[0]]}, not here")
+        from vretrver.benchmarks.registry import check_reader_args
+
+        if self.reader_args:  # in-memory tasks (the single-query command) have no reader
+            check_reader_args(self.benchmark, self.reader_args)
         if self.retriever.startswith("precomputed:") and not self.retriever.split(":", 1)[1]:
             raise ValueError("--retriever precomputed:PATH needs a path")
+        from vretrver.rerank import WINDOW_MODES
+
+        if self.window_mode not in WINDOW_MODES:
+            raise ValueError(
+                f"window-mode must be one of {', '.join(WINDOW_MODES)}, got {self.window_mode!r}"
+            )
+        if self.max_unresolved < 0:
+            raise ValueError(f"max-unresolved must be >= 0, got {self.max_unresolved}")
+        if self.parquet_prompts and not (
+            self.retriever.startswith("precomputed:") and self.retriever.lower().endswith(".parquet")
+        ):
+            raise ValueError(
+                "--parquet-prompts needs --retriever precomputed:PATH.parquet (the prompts' source)"
+            )
         if self.reranker:
             from vretrver.protocol import load_profile
 
@@ -210,9 +277,13 @@ def _images_of(task: TaskData) -> Iterator[str]:
 
 
 def check_images(task: TaskData, skip_missing: bool) -> TaskData:
-    """Fail listing missing image files, or (skip_missing) drop what needs them and count it."""
+    """Fail listing missing image files, or (skip_missing) drop what needs them and count it.
+
+    With ``skip_missing`` an image that exists but does not open is skipped and counted too; without it,
+    such a file stops the first stage (or, with precomputed candidates, fails its query) naming the file.
+    """
     missing = {p for p in set(_images_of(task)) if not os.path.exists(p)}
-    if not missing:
+    if not missing and not skip_missing:
         return task
     first = sorted(missing)[:5]
     if not skip_missing:
@@ -220,16 +291,24 @@ def check_images(task: TaskData, skip_missing: bool) -> TaskData:
             f"{task.name}: {len(missing)} image files are missing (first {len(first)}: {', '.join(first)}); "
             "check --data-root, or pass --skip-missing to score the rest"
         )
+    # Files that are there but do not open (not an image, above the size limit) are skipped alike; only
+    # their headers are read (about 0.1 ms a file), and only when skipping was asked for.
+    unreadable = {p: why for p in set(_images_of(task)) - missing if (why := check_readable(p))}
+    missing |= set(unreadable)
     pool = {d: c for d, c in task.pool.items() if not (c.image and c.image in missing)}
     queries = [q for q in task.queries if not any(p in missing for p in q.query.images)]
-    issues = _add(task.issues, "missing_image_files", len(missing))
+    issues = _add(task.issues, "missing_image_files", len(missing) - len(unreadable))
+    issues = _add(issues, "unreadable_image_files", len(unreadable))
     issues = _add(issues, "missing_image_candidates", len(task.pool) - len(pool))
     issues = _add(issues, "missing_image_queries", len(task.queries) - len(queries))
-    print(
-        f"[eval] {task.name}: {len(missing)} image files are missing (first: {first[0]}); skipped "
-        f"{len(task.queries) - len(queries)} queries and {len(task.pool) - len(pool)} candidates",
-        file=sys.stderr,
-    )
+    if missing:
+        first = sorted(missing)[0]
+        print(
+            f"[eval] {task.name}: {len(missing) - len(unreadable)} image files are missing and "
+            f"{len(unreadable)} do not open (first: {first}: {unreadable.get(first, 'missing')}); "
+            f"skipped {len(task.queries) - len(queries)} queries and {len(task.pool) - len(pool)} candidates",
+            file=sys.stderr,
+        )
     return replace(task, pool=pool, queries=queries, issues=issues)
 
 
@@ -263,28 +342,16 @@ def prepare_task(task: TaskData, skip_missing: bool = False) -> TaskData:
 # ------------------------------------------------------------------ first stage
 
 
-def _read_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
-    """Complete JSON-object lines of a file we append to, and the byte length of that valid prefix.
+def _read_rows(path: Path, consequence: str = "") -> tuple[list[dict[str, Any]], bool]:
+    """Rows of a file we append to, and whether every line was whole.
 
-    A torn last line (an interrupted write) ends the prefix.
+    A damaged line is dropped on its own and reported with its file and line (``consequence`` says
+    what follows from that); a torn last line (an interrupted write) is dropped quietly.
     """
-    rows: list[dict[str, Any]] = []
-    good = 0
-    if not path.is_file():
-        return rows, good
-    with open(path, "rb") as f:
-        for line in f:
-            if not line.endswith(b"\n"):
-                break
-            try:
-                row = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                break
-            if not isinstance(row, dict):
-                break
-            rows.append(row)
-            good += len(line)
-    return rows, good
+    found = read_appended(path)
+    for msg in found.damaged:
+        print(f"[eval] {msg}: damaged line dropped{consequence}", file=sys.stderr)
+    return found.rows, found.intact
 
 
 def depth_of(task: TaskData, cfg: EvalConfig) -> int:
@@ -296,13 +363,24 @@ def depth_of(task: TaskData, cfg: EvalConfig) -> int:
 
 
 def first_stage_runs(
-    task: TaskData, cfg: EvalConfig, out: Path, embedder_cache: dict[str, Any], progress: bool = True
+    task: TaskData,
+    cfg: EvalConfig,
+    out: Path,
+    embedder_cache: dict[str, Any],
+    progress: bool = True,
+    loaded: TaskData | None = None,
 ) -> dict[str, list[tuple[str, float]]]:
-    """Every query's first-stage list (saved once per result folder, read back on resume)."""
+    """Every query's first-stage list (saved once per result folder, read back on resume).
+
+    A precomputed file's lost entries stop the run beyond ``cfg.max_unresolved``; their counts are saved
+    beside the lists (:func:`after_first_stage`). ``loaded``: the task as read, before queries and
+    candidates were dropped (entries naming those are not unknown).
+    """
     path = out / "first_stage" / f"{task.name}.jsonl"
     if path.is_file():
-        rows, _ = _read_rows(path)
-        return {r["qid"]: list(zip(r["ranked"], r["scores"])) for r in rows}
+        rows, intact = _read_rows(path, "; the first stage is computed again")
+        if intact:
+            return {r["qid"]: list(zip(r["ranked"], r["scores"])) for r in rows}
     from vretrver.retrieval.search import first_stage
 
     depth = depth_of(task, cfg)
@@ -311,8 +389,19 @@ def first_stage_runs(
     fetch = depth + max((len(v) for v in excluded.values()), default=0)
     if cfg.retriever.startswith("precomputed:"):
         # A candidate file (our jsonl or V-Retrver's parquet); no embedder is built.
-        src = cfg.retriever.split(":", 1)[1].replace("{task}", task.name)
-        runs = first_stage(task, cfg.retriever, top_n=fetch, precomputed=src)
+        from vretrver.retrieval.precomputed import check_losses, read_candidates
+
+        src = precomputed_path(cfg, task)
+        lists, stats = read_candidates(
+            src,
+            task,
+            is_other_query=_other_query(task, cfg, {q.id for q in (loaded or task).queries}),
+            full_pool=(loaded or task).pool,
+        )
+        check_losses(stats, src, cfg.max_unresolved)
+        # Before the lists: their file marks the stage as done.
+        atomic_write_text(_issues_path(out, task), json.dumps(stats.issues()))
+        runs = first_stage(task, cfg.retriever, top_n=fetch, precomputed=lists)
     else:
         from vretrver.retrieval.base import make_embedder
 
@@ -337,6 +426,45 @@ def first_stage_runs(
         ),
     )
     return runs
+
+
+def precomputed_path(cfg: EvalConfig, task: TaskData) -> str:
+    """The candidate file of a task (``{task}`` in the path is the task's name)."""
+    return cfg.retriever.split(":", 1)[1].replace("{task}", task.name)
+
+
+def _other_query(task: TaskData, cfg: EvalConfig, loaded: Collection[str]) -> Callable[[str], bool]:
+    """Which row ids of a precomputed file name real queries that this task does not score."""
+    known = task.meta.get("query_ids") or ()  # a reader may keep every id of its query file
+    if "{task}" not in cfg.retriever or (not known and cfg.limit is not None):
+        # A file shared by several tasks lists their queries too; a limit hides the queries past it.
+        return lambda q: True
+    return lambda q: q in known or q in loaded
+
+
+def _issues_path(out: Path, task: TaskData) -> Path:
+    return out / "first_stage" / f"{task.name}.issues.json"
+
+
+def after_first_stage(task: TaskData, cfg: EvalConfig, out: Path) -> TaskData:
+    """The task with what its first stage found: counts of lost precomputed entries (saved, so a resumed
+    run reports them too) and, with ``cfg.parquet_prompts``, each query's prompt from the parquet in
+    ``meta["parquet_prompt"]`` (the reranked samples carry it)."""
+    issues = dict(task.issues)
+    side = _issues_path(out, task)
+    if side.is_file():
+        issues.update(json.loads(side.read_text()))
+    queries = task.queries
+    if cfg.parquet_prompts:
+        from vretrver.retrieval.precomputed import read_parquet_prompts
+
+        prompts = read_parquet_prompts(precomputed_path(cfg, task), task)
+        queries = [
+            replace(q, meta={**q.meta, "parquet_prompt": prompts[q.id]}) if q.id in prompts else q
+            for q in queries
+        ]
+        issues["no_parquet_prompt"] = sum(1 for q in queries if q.id not in prompts)
+    return replace(task, queries=queries, issues=issues)
 
 
 # ------------------------------------------------------------------ reranking
@@ -369,6 +497,7 @@ def rerank_config(cfg: EvalConfig) -> RerankConfig:
         window=cfg.window,
         stride=cfg.stride,
         top_n=cfg.resolved_top_n(),
+        window_mode=cfg.window_mode,
         generation=GenerationConfig(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
@@ -390,6 +519,7 @@ def rerank_rows(
         for w, ep in enumerate(r.episodes):
             rec = ep.to_record(image_dir)
             rec.update(qid=r.sample_id, window=w, window_start=ep.sample.meta.get("window_start", 0))
+            rec["window_applied"] = r.applied[w]  # official mode: False when the answer left it unchanged
             rec["candidate_ids"] = [c.id for c in ep.sample.candidates]
             trajs.append(rec)
         row = {
@@ -400,6 +530,7 @@ def rerank_rows(
             "n_invalid_calls": [e.n_invalid_calls for e in r.episodes],
             "answered": [e.answered for e in r.episodes],
             "failed": [e.failed for e in r.episodes if e.failed],
+            "window_applied": r.applied,
         }
         out.append((row, trajs))
     return out
@@ -506,35 +637,67 @@ def _append_lines(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     if not rows:
         return
     with open(path, "a", encoding="utf-8") as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        f.write("".join(dumps_line(r) + "\n" for r in rows))
         f.flush()
         os.fsync(f.fileno())
 
 
-def load_finished(res_path: Path, traj_path: Path, qids: set[str]) -> dict[str, list[str]]:
-    """Finished queries of an earlier run, after repairing what an interruption may have left.
+def load_finished(
+    res_path: Path, traj_path: Path, qids: set[str], retry_failed: bool = True
+) -> dict[str, list[str]]:
+    """Finished queries of an earlier run, after repairing what an interruption or damage left.
 
-    A torn last result line is cut off; a query listed twice keeps its first line; trajectories of
-    queries without a result line (written just before the interruption) are removed, as those queries
-    will be reranked again.
+    A damaged line is dropped on its own (and reported); a torn last line is cut off; a query listed
+    twice keeps its first line. With ``retry_failed`` a query whose engine failed in any window is not
+    finished. Trajectories of unfinished queries are removed, as those queries will be reranked again.
     """
-    rows, good = _read_rows(res_path)
+    rows, intact = _read_rows(res_path, "; its query is reranked again")
     done: dict[str, list[str]] = {}
+    seen: set[str] = set()
     clean = []
+    retried = 0
     for r in rows:
         qid, ranked = r.get("qid"), r.get("reranked")
-        if not isinstance(qid, str) or not isinstance(ranked, list) or qid in done or qid not in qids:
+        if not isinstance(qid, str) or not isinstance(ranked, list) or qid in seen or qid not in qids:
+            continue
+        seen.add(qid)
+        if retry_failed and r.get("failed"):
+            retried += 1
             continue
         done[qid] = ranked
         clean.append(r)
-    if res_path.is_file() and (len(clean) != len(rows) or good != res_path.stat().st_size):
+    if res_path.is_file() and (len(clean) != len(rows) or not intact):
         write_jsonl(res_path, clean)
+    if retried:
+        print(
+            f"[eval] {res_path}: reranking again {retried} queries the engine failed on "
+            "(--no-retry-failed keeps them)",
+            file=sys.stderr,
+        )
     if traj_path.is_file():
-        trajs, tgood = _read_rows(traj_path)
+        trajs, traj_intact = _read_rows(traj_path, "; that window is missing from the viewer")
         kept = [t for t in trajs if t.get("qid") in done]
-        if len(kept) != len(trajs) or tgood != traj_path.stat().st_size:
+        if len(kept) != len(trajs) or not traj_intact:
             write_jsonl(traj_path, kept)
     return done
+
+
+def engine_failures(res_path: Path) -> dict[str, int]:
+    """What the engine failed on, from a task's results file: episodes (windows) and their queries.
+
+    ``fallback_queries`` lost every window, so they keep their first-stage order; the other failed
+    queries lost some windows.
+    """
+    rows = read_appended(res_path).rows
+    episodes = [len(r.get("answered") or []) for r in rows]
+    failed = [len(r.get("failed") or []) for r in rows]
+    return {
+        "reranked_queries": len(rows),
+        "episodes": sum(episodes),
+        "failed_episodes": sum(failed),
+        "failed_queries": sum(1 for f in failed if f),
+        "fallback_queries": sum(1 for f, n in zip(failed, episodes, strict=True) if f and f >= n),
+    }
 
 
 def rerank_task(
@@ -548,7 +711,7 @@ def rerank_task(
     """Rerank every query's top-N in windows; append results as chunks finish; resume from the file."""
     res_path = out / "results" / f"{task.name}.jsonl"
     traj_path = out / "trajectories" / f"{task.name}.jsonl"
-    done = load_finished(res_path, traj_path, {q.id for q in task.queries})
+    done = load_finished(res_path, traj_path, {q.id for q in task.queries}, cfg.retry_failed)
     todo = [q for q in task.queries if q.id not in done and fs_runs.get(q.id)]
     if not todo:
         return done
@@ -574,6 +737,16 @@ def rerank_task(
     return done
 
 
+def _warn_failures(task: str, f: dict[str, int]) -> None:
+    if f["failed_episodes"]:
+        print(
+            f"[eval] {task}: the engine failed {f['failed_episodes']} of {f['episodes']} episodes; "
+            f"{f['failed_queries']} of {f['reranked_queries']} queries kept first-stage order in those "
+            "windows. Run the same command again to retry them.",
+            file=sys.stderr,
+        )
+
+
 def _with_candidates(q: Sample, ranked: list[tuple[str, float]], task: TaskData) -> Sample:
     return replace(
         q, candidates=[task.pool[d] for d, _ in ranked if d in task.pool], task=q.task or task.name
@@ -587,8 +760,24 @@ def _ks(task: TaskData, benchmark: str) -> tuple[tuple[int, ...], tuple[int, ...
     if benchmark == "genecis" or task.name.startswith("genecis"):
         return (1, 2, 3), ()
     if benchmark == "circo" or task.name.startswith("circo"):
-        return (1, 5, 10), (5, 10, 25, 50)
+        return (1, 5, 10, 25, 50), (5, 10, 25, 50)  # CIRCO's own ranks, plus R@1
     return (1, 5, 10), ()
+
+
+def score_runs(task: TaskData, runs: dict[str, list[str]], benchmark: str) -> TaskScore:
+    """Metrics of one task's rankings, as the upstream evaluation computes them.
+
+    Ids an upstream candidate list holds more than once (``meta["copies"]`` of the task or the query)
+    take one rank per copy; CIRCO's Recall@k counts only ``meta["target_img_id"]``.
+    """
+    task_copies = task.meta.get("copies") or {}
+    expanded = {
+        q.id: expand_copies(runs.get(q.id, []), q.meta.get("copies") or task_copies) for q in task.queries
+    }
+    positives = {q.id: list(q.positives) for q in task.queries}
+    targets = {q.id: [q.meta["target_img_id"]] for q in task.queries if q.meta.get("target_img_id")}
+    ks, map_ks = _ks(task, benchmark)
+    return score_task(expanded, positives, ks, map_ks, recall_positives=targets)
 
 
 def evaluate(
@@ -604,7 +793,9 @@ def evaluate(
     cfg.check()
     if engine is not None and not cfg.reranker:
         raise ValueError("evaluate(engine=...): set cfg.reranker to the engine's checkpoint")
-    reader_args = {"pool": cfg.pool, "progress": progress} if cfg.benchmark in POOL_BENCHMARKS else {}
+    reader_args = dict(cfg.reader_args)
+    if cfg.benchmark in POOL_BENCHMARKS:
+        reader_args.update(pool=cfg.pool, progress=progress, instruction=cfg.instruction)
     tasks = load_benchmark(
         cfg.benchmark,
         data_root=cfg.data_root,
@@ -628,8 +819,10 @@ def evaluate(
         # the reranking actors take the GPUs (or CPUs).
         staged = []
         for task in tasks:
+            loaded = task
             task = prepare_task(task, cfg.skip_missing)
-            fs = first_stage_runs(task, cfg, out, embedders, progress)
+            fs = first_stage_runs(task, cfg, out, embedders, progress, loaded)
+            task = after_first_stage(task, cfg, out)
             samples_path = out / "samples" / f"{task.name}.jsonl"
             if not samples_path.is_file():
                 write_samples(
@@ -642,8 +835,11 @@ def evaluate(
             fs_ids = {q.id: [d for d, _ in fs.get(q.id, [])] for q in task.queries}
             final = fs_ids
             reranked = None
+            failures = None
             if cfg.reranker:
                 rr = rerank_task(task, fs, cfg, out, reranker, progress)
+                failures = engine_failures(out / "results" / f"{task.name}.jsonl")
+                _warn_failures(task.name, failures)
                 # Candidates past the reranked top-N keep their first-stage order behind it.
                 reranked = {}
                 for q in task.queries:
@@ -665,10 +861,8 @@ def evaluate(
                 write_circo_submission(sub, final, query_ids=[q.id for q in task.queries], k=CIRCO_DEPTH)
                 submissions[task.name] = str(sub)
                 continue
-            positives = {q.id: list(q.positives) for q in task.queries}
-            ks, map_ks = _ks(task, cfg.benchmark)
-            fs_score = score_task(fs_ids, positives, ks, map_ks)
-            rr_score = score_task(reranked, positives, ks, map_ks) if reranked is not None else None
+            fs_score = score_runs(task, fs_ids, cfg.benchmark)
+            rr_score = score_runs(task, reranked, cfg.benchmark) if reranked is not None else None
             counts = {
                 **task.issues,
                 "no_positives": fs_score.n_no_positives,
@@ -680,6 +874,7 @@ def evaluate(
                 rr_score.metrics if rr_score else None,
                 task.metric or paper_metric(task.name),
                 counts,
+                failures,
             )
     finally:
         reranker.close()

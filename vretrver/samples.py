@@ -174,24 +174,22 @@ def iter_jsonl(
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """``("file:line", object)`` for each non-blank line of a jsonl file.
 
-    Invalid JSON or a line that is not an object raises :class:`SampleError` naming the line.
-    ``allow_torn_tail`` skips a half-written last line (an interrupted append: no final newline).
+    A line that is not UTF-8 (named with its byte offset), not valid JSON or not an object raises
+    :class:`SampleError` naming the line. ``allow_torn_tail`` skips a half-written last line (an
+    interrupted append: no final newline).
     """
-    with open(path, encoding="utf-8") as f:
-        lines = f.readlines() if allow_torn_tail else f
-        last = len(lines) if allow_torn_tail else -1
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                if n == last and not line.endswith("\n"):
-                    return
-                raise SampleError(f"{where}: not valid JSON ({e.msg} at column {e.colno})") from None
-            _expect(isinstance(obj, dict), where, "<line>", "a JSON object", obj)
-            yield where, obj
+    from vretrver.jsonl import parse_object, raw_lines
+
+    for line in raw_lines(path):
+        if not line.data.strip():
+            continue
+        try:
+            obj = parse_object(line, path)
+        except SampleError:
+            if allow_torn_tail and not line.complete:
+                return
+            raise
+        yield line.where(path), obj
 
 
 def iter_samples(path: str | os.PathLike, resolve_images: bool = True) -> Iterator[Sample]:
@@ -219,13 +217,16 @@ def write_samples(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
 
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows as jsonl atomically; text UTF-8 cannot encode is escaped (see :mod:`vretrver.jsonl`)."""
+    from vretrver.jsonl import dumps_line
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.write(dumps_line(row) + "\n")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -245,3 +246,21 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def safe_name(*parts: str) -> str:
+    """A file-name-safe form of an id, or of several (a task and a query id), unique to its input.
+
+    Characters other than letters, digits and ``-_.`` become ``_``, each part is cut to 80 characters and
+    the parts are joined by ``_``. Whenever that could make two inputs look alike (a character replaced, a
+    part cut, or more than one part), a short hash of the exact input is appended.
+    """
+    import hashlib
+
+    clean = ["".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in p)[:80] for p in parts]
+    name = "_".join(clean)
+    if len(parts) == 1 and clean[0] == parts[0]:
+        return name
+    # One part hashes as itself: names written before several parts were allowed stay the same.
+    key = parts[0] if len(parts) == 1 else json.dumps(list(parts), ensure_ascii=False)
+    return name + "-" + hashlib.sha1(key.encode()).hexdigest()[:8]

@@ -1,24 +1,32 @@
 """M-BEIR (TIGER-Lab/M-BEIR) read exactly as distributed.
 
 Positives come from the qrels files (relevance > 0), as UniIR's evaluation does, not from the
-``pos_cand_list`` of the query lines. Each query gets the first instruction of
-``instructions/query_instructions.tsv`` for its (dataset id, query modality, candidate modality), and
+``pos_cand_list`` of the query lines. Each query gets an instruction of
+``instructions/query_instructions.tsv`` for its (dataset id, query modality, candidate modality): the
+first one (``instruction="first"``), or one drawn per query, seeded by the query id
+(``"random"`` / ``"random:SEED"``, LamRA's evaluation draws one at random), and
 ``meta["candidate_modality"]`` (the line's ``candidate_modality``, else the task's target modality),
 which the first stage uses to filter the pool.
 
-Pools are read line by line; with ``pool="global"`` the 5.6 M-line union pool is read once and shared
-by every task of the call. Input problems that do not stop the run are counted in ``TaskData.issues``:
+Pools are read line by line. ``pool="local"``: each task's own pool. ``pool="global"``: the 5.6 M-line
+union pool, read once and shared by every task of the call; the modality filter applies.
+``pool="lamra-global"``: LamRA's global setting, the 16 local pools one after the other, shared by every
+task, with no modality filter; an id found in several local pools takes one rank per copy when scored
+(``TaskData.meta["copies"]``, counted as ``repeated_dids``), as in LamRA's concatenated index. Input problems that do not stop the run are counted in ``TaskData.issues``:
 ``duplicate_qids`` (later copies dropped), ``empty_queries`` (no text and no image, dropped),
 ``no_positives`` (no qrels line with relevance > 0: kept, the metrics leave them out and count them),
 ``positives_not_in_pool`` (query-positive pairs whose id is not in the pool), ``no_instruction``,
-``duplicate_dids`` (pool), ``missing_query_images`` (only with ``check_images=True``).
+``duplicate_dids`` (pool), ``missing_query_images`` (only with ``check_images=True``),
+``qrels_unknown_queries`` (qrels lines whose query id is not in the query file). An empty query file is
+an error.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
@@ -51,7 +59,7 @@ TASK_CANDIDATE_MODALITY = {
     8: "image,text",
 }
 SPLITS = ("test", "val", "train")
-POOLS = ("local", "global")
+POOLS = ("local", "global", "lamra-global")
 
 # Paths relative to the data root ({task} e.g. mscoco_task0, {split} test | val | train).
 REQUIRED_FILES: dict[str, list[str]] = {
@@ -61,6 +69,7 @@ REQUIRED_FILES: dict[str, list[str]] = {
         "cand_pool/local/mbeir_{task}_cand_pool.jsonl  (pool='local'; MSCOCO test: mbeir_mscoco_task0_test_cand_pool.jsonl"
         " and mbeir_mscoco_task3_test_cand_pool.jsonl)",
         "cand_pool/global/mbeir_union_{split}_cand_pool.jsonl  (pool='global')",
+        "pool='lamra-global': the 16 local pools above, all of them whatever --tasks picks",
         "instructions/query_instructions.tsv",
         "mbeir_images/...  (the image paths named in the jsonl files)",
     ]
@@ -85,9 +94,10 @@ def task_files(root: Path, task: str, split: str, pool: str) -> dict[str, Path]:
     }
 
 
-def read_instructions(path: Path) -> dict[tuple[str, str, str], str]:
-    """``{(dataset_id, query_modality, candidate_modality): first instruction}``; the header is skipped."""
-    out: dict[tuple[str, str, str], str] = {}
+def read_instructions(path: Path) -> dict[tuple[str, str, str], list[str]]:
+    """``{(dataset_id, query_modality, candidate_modality): [instruction, ...]}`` (non-empty texts in
+    column order); the header is skipped."""
+    out: dict[tuple[str, str, str], list[str]] = {}
     with open(path, encoding="utf-8") as f:
         next(f, None)
         for n, line in enumerate(f, 2):
@@ -100,12 +110,28 @@ def read_instructions(path: Path) -> dict[tuple[str, str, str], str]:
                     f"{path}:{n}: expected tab-separated query modality, candidate modality, dataset, "
                     f"dataset id and at least one instruction, got {len(parts)} columns"
                 )
-            out.setdefault((parts[3], parts[0], parts[1]), texts[0])
+            out.setdefault((parts[3], parts[0], parts[1]), texts)
     return out
 
 
-def read_qrels(path: Path) -> dict[str, list[str]]:
-    """``{qid: [did, ...]}`` for lines ``qid Q0 did relevance task_id`` with relevance > 0."""
+def instruction_picker(spec: str) -> Callable[[str, list[str]], str]:
+    """How a query's instruction is chosen from its list: ``first``, or ``random[:SEED]`` (seed 0), one
+    drawn per query from a generator seeded by (seed, query id), so a run is reproducible whatever
+    ``limit`` or task subset is used."""
+    if spec == "first":
+        return lambda qid, texts: texts[0]
+    kind, _, seed = spec.partition(":")
+    if kind != "random" or not (seed == "" or seed.lstrip("-").isdigit()):
+        raise ValueError(f"instruction must be 'first', 'random' or 'random:SEED' (an integer), got {spec!r}")
+    n = int(seed or 0)
+    return lambda qid, texts: random.Random(f"{n}:{qid}").choice(texts)
+
+
+def read_qrels(path: Path, lines_per_qid: dict[str, int] | None = None) -> dict[str, list[str]]:
+    """``{qid: [did, ...]}`` for lines ``qid Q0 did relevance task_id`` with relevance > 0.
+
+    ``lines_per_qid`` (if given) is filled with the number of lines of each query id.
+    """
     out: dict[str, list[str]] = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -119,6 +145,8 @@ def read_qrels(path: Path) -> dict[str, list[str]]:
                 relevance = int(parts[3])
             except ValueError:
                 raise bad(where, "relevance", "an integer", parts[3]) from None
+            if lines_per_qid is not None:
+                lines_per_qid[parts[0]] = lines_per_qid.get(parts[0], 0) + 1
             if relevance > 0:
                 dids = out.setdefault(parts[0], [])
                 if parts[2] not in dids:
@@ -178,15 +206,28 @@ def read_queries(
     task: str,
     split: str,
     positives: dict[str, list[str]],
-    instructions: dict[tuple[str, str, str], str],
+    instructions: dict[tuple[str, str, str], list[str]],
     issues: dict[str, int],
     limit: int | None = None,
+    pick: Callable[[str, list[str]], str] | None = None,
+    all_qids: set[str] | None = None,
 ) -> list[Sample]:
+    """The queries of a file (the first ``limit``); ``all_qids`` (if given) gets the id of every line."""
     _, task_id = _parse_task(task)
+    pick = pick or instruction_picker("first")
     seen: set[str] = set()
     out: list[Sample] = []
+    n_lines = 0
     for where, d in iter_jsonl(path):
+        n_lines += 1
         qid = get_str(d, "qid", where)
+        if limit is not None and len(out) >= limit:
+            if all_qids is None:
+                break
+            all_qids.add(qid)  # past the limit only the id is read
+            continue
+        if all_qids is not None:
+            all_qids.add(qid)
         if ":" not in qid:
             raise bad(where, "qid", "'<dataset_id>:<n>'", qid)
         text = get_str(d, "query_txt", where, optional=True)
@@ -201,7 +242,8 @@ def read_queries(
             issues["empty_queries"] = issues.get("empty_queries", 0) + 1
             continue
         dataset_id = qid.split(":", 1)[0]
-        instruction = instructions.get((dataset_id, q_mod, c_mod or ""))
+        texts = instructions.get((dataset_id, q_mod, c_mod or ""))
+        instruction = pick(qid, texts) if texts else None
         if instruction is None:
             issues["no_instruction"] = issues.get("no_instruction", 0) + 1
         pos = positives.get(qid, [])
@@ -219,8 +261,11 @@ def read_queries(
                 meta=meta,
             )
         )
-        if limit is not None and len(out) >= limit:
-            break
+    if not n_lines:
+        raise SampleError(
+            f"{path}: the query file is empty; expected one JSON object per line with 'qid', 'query_txt', "
+            "'query_img_path' and 'query_modality'"
+        )
     return out
 
 
@@ -232,11 +277,14 @@ def load_mbeir(
     limit: int | None = None,
     check_images: bool = False,
     progress: bool = True,
+    instruction: str = "first",
 ) -> list[TaskData]:
     """Read M-BEIR tasks (default: the 16 evaluated pairs) from a data root laid out as distributed.
 
     ``limit`` keeps the first N queries of each task (the pool stays complete). With
-    ``pool="global"`` all tasks share one pool dict. ``progress`` shows a bar while a pool is read.
+    ``pool="global"`` or ``"lamra-global"`` all tasks share one pool dict (see the module docstring).
+    ``instruction``: ``first`` or ``random[:SEED]`` (see :func:`instruction_picker`). ``progress`` shows
+    a bar while a pool is read.
     """
     root = Path(data_root).expanduser().resolve()
     tasks = list(tasks or MBEIR_TASKS)
@@ -244,16 +292,26 @@ def load_mbeir(
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if pool not in POOLS:
         raise ValueError(f"pool must be one of {POOLS}, got {pool!r}")
+    pick = instruction_picker(instruction)
     for t in tasks:
         _parse_task(t)
-    files = {t: task_files(root, t, split, pool) for t in tasks}
+    concatenated = pool == "lamra-global"
+    files = {t: task_files(root, t, split, "local" if concatenated else pool) for t in tasks}
+    needed = {p for f in files.values() for p in f.values()}
+    local_pools = [task_files(root, t, split, "local")["pool"] for t in MBEIR_TASKS] if concatenated else []
     require(
-        sorted({p for f in files.values() for p in f.values()}),
+        sorted(needed | set(local_pools)),
         "M-BEIR",
         "Download TIGER-Lab/M-BEIR from the Hugging Face hub and pass its folder as the data root.",
     )
     instructions = read_instructions(files[tasks[0]]["instructions"])
     pools: dict[Path, tuple[dict[str, Candidate], dict[str, int]]] = {}
+    copies: dict[str, int] = {}
+    if concatenated:
+        cands, copies = read_concatenated_pools(local_pools, root, progress)
+        extra = sum(n - 1 for n in copies.values())
+        shared = (cands, {"repeated_dids": extra} if extra else {})
+        pools = {files[t]["pool"]: shared for t in tasks}
     out: list[TaskData] = []
     for t in tasks:
         f = files[t]
@@ -262,9 +320,14 @@ def load_mbeir(
             pools[f["pool"]] = (read_pool(f["pool"], root, pool_issues, progress), pool_issues)
         cands, pool_issues = pools[f["pool"]]
         issues = dict(pool_issues)
-        queries = read_queries(
-            f["query"], root, t, split, read_qrels(f["qrels"]), instructions, issues, limit
-        )
+        qrels_lines: dict[str, int] = {}
+        qids: set[str] = set()
+        positives = read_qrels(f["qrels"], qrels_lines)
+        queries = read_queries(f["query"], root, t, split, positives, instructions, issues, limit, pick, qids)
+        # Qrels lines of ids the query file does not have (a mismatched or truncated download).
+        unknown = sum(n for q, n in qrels_lines.items() if q not in qids)
+        if unknown:
+            issues["qrels_unknown_queries"] = unknown
         missing = sum(1 for s in queries for p in s.positives if p not in cands)
         if missing:
             issues["positives_not_in_pool"] = missing
@@ -272,6 +335,32 @@ def load_mbeir(
             n = sum(1 for s in queries for p in s.query.images if not os.path.exists(p))
             if n:
                 issues["missing_query_images"] = n
-        meta = {"benchmark": "mbeir", "split": split, "pool": pool, "pool_path": str(f["pool"])}
+        meta: dict = {"benchmark": "mbeir", "split": split, "pool": pool, "pool_path": str(f["pool"])}
+        meta["query_ids"] = frozenset(qids)  # every id of the query file, limit or not (candidate files)
+        if concatenated:
+            # LamRA's global index: no candidate_modality filter, every copy of an id ranked.
+            meta.update(pool_path=[str(p) for p in local_pools], modality_filter=False, copies=copies)
         out.append(TaskData(t, queries, cands, metric=paper_metric(t), issues=issues, meta=meta))
     return out
+
+
+def read_concatenated_pools(
+    paths: list[Path], root: Path, progress: bool = True
+) -> tuple[dict[str, Candidate], dict[str, int]]:
+    """Pools read one after the other: the first record of each id, and ``{id: n}`` for the ids the
+    files hold n > 1 times in all."""
+    pool: dict[str, Candidate] = {}
+    counts: dict[str, int] = {}
+    for path in paths:
+        bar = tqdm(
+            iter_pool(path, root),
+            desc=f"pool {path.name}",
+            unit=" cand",
+            mininterval=5,
+            leave=False,
+            disable=not progress,
+        )
+        for c in bar:
+            pool.setdefault(c.id, c)
+            counts[c.id] = counts.get(c.id, 0) + 1
+    return pool, {d: n for d, n in counts.items() if n > 1}

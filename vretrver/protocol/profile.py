@@ -278,6 +278,12 @@ def is_release_checkpoint(checkpoint: str | None) -> bool:
     return isinstance(recorded, str) and bool(_RELEASE_NAME.search(recorded))
 
 
+def checkpoint_profile(checkpoint: str | None, profile: str | None = None) -> str:
+    """The prompt profile to run a checkpoint with: ``profile`` when given, else the one it was trained on
+    (``official`` for the released V-Retrver checkpoints, ``v-retrver`` for everything else)."""
+    return profile or ("official" if is_release_checkpoint(checkpoint) else DEFAULT_PROFILE)
+
+
 def profile_mismatch_warning(checkpoint: str | None, profile: str | Path | Profile) -> str | None:
     """A one-line warning when a released checkpoint is run with a profile it was not trained on."""
     if not is_release_checkpoint(checkpoint):

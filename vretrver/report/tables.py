@@ -9,7 +9,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +28,13 @@ def task_entry(
     reranked: Mapping[str, float] | None,
     metric: str,
     counts: Mapping[str, int] | None = None,
+    engine_failures: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
-    """One task of ``summary.json``: queries scored, metrics as fractions (null if nothing was scored)."""
+    """One task of ``summary.json``: queries scored, metrics as fractions (null if nothing was scored).
+
+    ``engine_failures`` (reranked runs): episodes and queries the engine failed on, whose windows kept
+    their first-stage order (see ``evaluate.engine_failures``).
+    """
     fs = {k: _num(v) for k, v in first_stage.items()}
     rr = None if reranked is None else {k: _num(v) for k, v in reranked.items()}
     delta = None
@@ -37,7 +42,7 @@ def task_entry(
         delta = {
             k: (rr[k] - fs[k] if rr.get(k) is not None and fs[k] is not None else None) for k in fs if k in rr
         }
-    return {
+    entry = {
         "n_queries": n_queries,
         "metric": metric,
         "first_stage": fs,
@@ -45,6 +50,9 @@ def task_entry(
         "delta": delta,
         "counts": {k: int(v) for k, v in (counts or {}).items()},
     }
+    if engine_failures is not None:
+        entry["engine_failures"] = {k: int(v) for k, v in engine_failures.items()}
+    return entry
 
 
 def summarize(tasks: Mapping[str, dict[str, Any]], config: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -80,10 +88,21 @@ COUNT_NOTES: dict[str, str] = {
     "queries_without_positive_in_pool": "queries none of whose positives is in the pool (scored, count 0)",
     "empty_first_stage": "queries with no first-stage candidate (scored, count 0)",
     "missing_image_files": "missing image files (--skip-missing)",
-    "missing_image_queries": "queries dropped for a missing image",
-    "missing_image_candidates": "candidates dropped for a missing image",
+    "unreadable_image_files": "image files that do not open: not an image, or above the size limit (--skip-missing)",
+    "missing_image_queries": "queries dropped for a missing or unreadable image",
+    "missing_image_candidates": "candidates dropped for a missing or unreadable image",
     "duplicate_dids": "repeated candidate ids in the pool (later copies dropped)",
+    "repeated_dids": "extra copies of candidate ids in the pool (each copy takes a rank when scored, as upstream)",
     "no_instruction": "queries without an instruction for their modalities",
+    "qrels_unknown_queries": "qrels lines whose query id is not in the query file (ignored)",
+    "missing_query_images": "queries whose image file is missing",
+    "short_stories": "stories with too few images to form a query (skipped)",
+    "stories_missing_images": "stories with a missing image (skipped)",
+    "no_parquet_prompt": "queries without a prompt in the parquet (--parquet-prompts: built by the profile)",
+    "precomputed_unresolved_hits": "first-stage hits that match no pool candidate (dropped)",
+    "precomputed_unknown_dids": "first-stage candidate ids not in the pool (dropped)",
+    "precomputed_unknown_qids": "first-stage rows whose query id is not a query of the benchmark",
+    "precomputed_missing_queries": "queries without a first-stage row (scored, count 0)",
 }
 
 
@@ -103,8 +122,10 @@ def summary_markdown(summary: Mapping[str, Any], title: str = "Results") -> str:
     """Per task: queries scored, the paper metric before and after reranking, and the difference."""
     tasks = summary["tasks"]
     lines = [f"## {title}", ""]
-    extra = sorted({k for e in tasks.values() for k in e["first_stage"]} - {"R@1", "R@5", "R@10"})
-    head = ["task", "queries", "metric", "first stage", "reranked", "Δ", "R@1", "R@5", "R@10", *extra]
+    shown_metrics = metric_order(
+        {"R@1", "R@5", "R@10"} | {k for e in tasks.values() for k in e["first_stage"]}
+    )
+    head = ["task", "queries", "metric", "first stage", "reranked", "Δ", *shown_metrics]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|")
     for name in _ordered(tasks):
@@ -121,9 +142,9 @@ def summary_markdown(summary: Mapping[str, Any], title: str = "Results") -> str:
             str(e["n_queries"]),
             m,
             _pct(fs.get(m)),
-            _pct(rr.get(m) if rr else None),
+            _pct(rr.get(m) if rr else None) + _fell_back(e),
             _signed(_diff(rr.get(m) if rr else None, fs.get(m))),
-            *[cell(k) for k in ("R@1", "R@5", "R@10", *extra)],
+            *[cell(k) for k in shown_metrics],
         ]
         lines.append("| " + " | ".join(row) + " |")
     a = summary["average"]
@@ -133,10 +154,10 @@ def summary_markdown(summary: Mapping[str, Any], title: str = "Results") -> str:
             "| **average** | | | "
             + " | ".join([_pct(a["first_stage"]), _pct(a["reranked"]), _signed(d)])
             + " |"
-            + " |" * (3 + len(extra))
+            + " |" * len(shown_metrics)
         )
     lines.append("")
-    lines.append("Columns R@1 / R@5 / R@10 show the reranked list when there is one, else the first stage.")
+    lines.append("The metric columns show the reranked list when there is one, else the first stage.")
     notes = [
         f"- {n}: {v} {COUNT_NOTES.get(k, k)}"
         for n in _ordered(tasks)
@@ -145,9 +166,44 @@ def summary_markdown(summary: Mapping[str, Any], title: str = "Results") -> str:
     ]
     if notes:
         lines += ["", "Input problems (counted; metrics are computed as stated):", *notes]
+    failed = [_failure_note(n, tasks[n]["engine_failures"]) for n in _ordered(tasks) if _fell_back(tasks[n])]
+    if failed:
+        lines += [
+            "",
+            "Engine failures (a failed window keeps its first-stage order; run the same command again to "
+            "retry them):",
+            *failed,
+        ]
     for n, path in summary.get("submissions", {}).items():
         lines += ["", f"{n}: labels are private; submission file written to {path} (not scored)."]
     return "\n".join(lines) + "\n"
+
+
+def _fell_back(e: Mapping[str, Any]) -> str:
+    """' (3/10 fell back)' after the reranked metric when the engine failed on some queries."""
+    f = e.get("engine_failures") or {}
+    return f" ({f['failed_queries']}/{f['reranked_queries']} fell back)" if f.get("failed_queries") else ""
+
+
+def _failure_note(name: str, f: Mapping[str, int]) -> str:
+    return (
+        f"- {name}: {f['failed_episodes']} of {f['episodes']} episodes failed; {f['failed_queries']} of "
+        f"{f['reranked_queries']} reranked queries fell back to the first-stage order "
+        f"({f['fallback_queries']} in every window)"
+    )
+
+
+def metric_order(names: Iterable[str]) -> list[str]:
+    """Metric names in reading order: every R@k by k, then every mAP@k by k, then anything else."""
+    families = ("R", "mAP")
+
+    def key(name: str) -> tuple[int, int, str]:
+        family, _, k = name.partition("@")
+        if family in families and k.isdigit():
+            return families.index(family), int(k), name
+        return len(families), 0, name
+
+    return sorted(set(names), key=key)
 
 
 def _ordered(tasks: Mapping[str, Any]) -> list[str]:
