@@ -140,6 +140,18 @@ def test_bad_samples_raise_with_their_location(tmp_path, sample_photos):
         write_rl_parquet(tmp_path / "t.parquet", [s], progress=False)
 
 
+def test_an_oversized_image_is_an_error_naming_it(tmp_path, sample_photos, monkeypatch):
+    from PIL import Image
+
+    big = tmp_path / "huge.png"
+    Image.new("RGB", (100, 100)).save(big)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is then a decompression bomb
+    s = make_sample(sample_photos)
+    s.candidates[0].image = str(big)
+    with pytest.raises(RLDataError, match=r"sample 'q1' \(image 1\): cannot read image .*huge.png"):
+        write_rl_parquet(tmp_path / "t.parquet", [s], progress=False)
+
+
 def test_max_candidates_keeps_the_positive_and_shuffle_is_seeded(tmp_path, sample_photos):
     s = make_sample(sample_photos, positives=["c4"])
     write_rl_parquet(tmp_path / "k.parquet", [s], RLDataConfig(max_candidates=2), progress=False)

@@ -202,7 +202,7 @@ def _load_image_field(path: str, mode: str, where: str) -> dict[str, Any]:
         with Image.open(path) as im:
             im.size  # noqa: B018
         return {"image": os.path.abspath(path)}
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # the last is no OSError
         raise RLDataError(f"{where}: cannot read image {path}: {e}") from None
 
 
@@ -368,7 +368,7 @@ def validate_rl_row(row: dict[str, Any], where: str, decode_images: bool = False
                 src = io.BytesIO(img["bytes"]) if img.get("bytes") is not None else img["image"]
                 with Image.open(src) as im:
                     im.size  # noqa: B018
-            except (OSError, ValueError, KeyError) as e:
+            except (OSError, ValueError, KeyError, Image.DecompressionBombError) as e:
                 raise RLDataError(f"{where}: field 'images[{j}]': not a readable image ({e})") from None
     rm = row.get("reward_model") or {}
     gt = rm.get("ground_truth")
