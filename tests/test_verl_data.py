@@ -144,8 +144,10 @@ def test_an_oversized_image_is_an_error_naming_it(tmp_path, sample_photos, monke
     from PIL import Image
 
     big = tmp_path / "huge.png"
-    Image.new("RGB", (100, 100)).save(big)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 10,000 pixels is then a decompression bomb
+    Image.new("RGB", (1000, 1000)).save(big)
+    # PIL refuses twice MAX_IMAGE_PIXELS at open: 1,000,000 pixels is then a decompression bomb, while the
+    # sample photos (at most 273,280 pixels) still open.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300_000)
     s = make_sample(sample_photos)
     s.candidates[0].image = str(big)
     with pytest.raises(RLDataError, match=r"sample 'q1' \(image 1\): cannot read image .*huge.png"):
