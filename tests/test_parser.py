@@ -61,6 +61,21 @@ def test_answer():
     assert p.tool_call is None
 
 
+def test_well_tagged_and_closed():
+    # well_tagged: the layout only (the reward's format condition); well_formed: nothing else wrong either.
+    for text in EXAMPLES:
+        p = parse_turn(text)
+        assert p.well_tagged and p.closed and p.well_formed
+    p = parse_turn("<think>t</think><answer>3, 1, 2</answer>")
+    assert p.well_tagged and p.closed and not p.well_formed
+    p = parse_turn("<think>t</think><answer>[3, 1, 2]")  # cut off by the length limit
+    assert p.kind == "answer" and p.answer == [3, 1, 2] and not p.closed and not p.well_tagged
+    p = parse_turn(
+        '<think>t</think><tool_call>{"name": "select_images", "arguments": {"target_images": [1]}}'
+    )
+    assert p.kind == "tool_call" and not p.closed and not p.well_tagged
+
+
 def test_white_space_around_tags_is_well_formed():
     text = '\n  <think>\nlook closer\n</think>\n\n<tool_call>  {"name": "select_images", "arguments": {"target_images": [1, 2]}}  </tool_call>\n\n'
     p = parse_turn(text)

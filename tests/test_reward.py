@@ -39,9 +39,10 @@ def with_gt_at(k: int, gt: int = 7) -> list[int]:
     return others[: k - 1] + [gt] + others[k - 1 :]
 
 
-def score(turns, n_valid=0, n_invalid=0, gt=7, variant="eapo", **kw):
+def score(turns, n_valid=0, n_invalid=0, gt=7, variant="eapo", response=None, **kw):
+    settings = reward_settings(variant, **kw)
     return score_trajectory(
-        turns, gt, n_valid, n_invalid, num_candidates=K, settings=reward_settings(variant, **kw)
+        turns, gt, n_valid, n_invalid, num_candidates=K, settings=settings, response=response
     )
 
 
@@ -111,30 +112,82 @@ def test_no_answer_earns_no_format_or_rank():
     assert score([]).score == 0.0
 
 
-def test_answer_that_is_not_a_bracketed_list():
-    # The harness accepts "7, 1, 2" (so does the reward: rank counts) but it is not a list of integers.
+def test_answer_that_is_not_a_bracketed_list_earns_the_tag_half():
+    # The halves are independent: "7, 1, 2" is well tagged (0.5) but not a bracketed list (0).
     b = score(["<think>ok</think><answer>7, 1, 2</answer>"])
     assert b.rank == 1.0 and b.position == 1
-    assert b.format == 0.0  # not well-tagged (answer not a list) and not an integer list
-    assert b.score == pytest.approx(0.8)
+    assert b.format == 0.5
+    assert b.score == pytest.approx(0.2 * 0.5 + 0.8)
     b = score(["<think>ok</think><answer>[7, 1, two]</answer>"])
-    assert b.format == 0.0 and b.position == 1
+    assert b.format == 0.5 and b.position == 1
 
 
 def test_format_half_credit():
     # A turn without <think> breaks "every turn well-tagged"; the final answer is still an integer list.
     b = score([answer(with_gt_at(1), think=False)])
     assert b.format == 0.5 and b.score == pytest.approx(0.2 * 0.5 + 0.8)
-    # A sloppy tool call the harness still ran (code fence) is not well-tagged either.
-    fenced = '<think>x</think><tool_call>```json\n{"name": "select_images", "arguments": {"target_images": [1]}}\n```</tool_call>'
-    b = score([fenced, answer(with_gt_at(1))], n_valid=1)
+    # Text between </think> and the call breaks the tags of a call the harness still ran.
+    chatty = SELECT.replace("</think>", "</think>Let me look.")
+    b = score([chatty, answer(with_gt_at(1))], n_valid=1)
     assert b.format == 0.5 and b.tool == pytest.approx(0.2)
+    # Neither half: no <think> and no list.
+    assert score(["<answer>7, 1</answer>"]).format == 0.0
 
 
-def test_ground_truth_absent_duplicates_and_out_of_range():
+@pytest.mark.parametrize(
+    "body",
+    [
+        '```json\n{"name": "select_images", "arguments": {"target_images": [1]}}\n```',  # code fence
+        '{"name": "select_images", "arguments": {"target_images": [1,',  # broken JSON
+        '{"name": "crop_image", "arguments": {"bbox_2d": [NaN, 0, 1, 1], "target_image": 1}}',  # not JSON
+        '{"name": "zoom", "arguments": {}}',  # unknown tool
+    ],
+)
+def test_what_a_tool_call_holds_is_no_tag_failure(body):
+    # A broken call is an invalid call (the harness counts it), not a format failure.
+    b = score([f"<think>x</think><tool_call>{body}</tool_call>", answer(with_gt_at(1))], n_invalid=1)
+    assert b.format == 1.0 and b.score == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("truncated", ["[7, 1, 2", "[7, 1, 2]", "[7, 1, 2]</answ"])
+def test_an_answer_without_its_closing_tag_is_no_answer(truncated):
+    # A generation cut by the length limit: no rank, no format, no tool bonus (the penalty stays).
+    b = score([f"<think>ok</think><answer>{truncated}"])
+    assert (b.answered, b.format, b.rank, b.position, b.score) == (0, 0.0, 0.0, 0, 0.0)
+    b = score([SELECT, CROP, f"<think>ok</think><answer>{truncated}"], n_valid=2)
+    assert b.score == pytest.approx(-0.1) and b.tool == pytest.approx(-0.1)
+
+
+@pytest.mark.parametrize("body", ["[]", "[ ]", "[\n]", "[,]"])
+def test_an_empty_list_is_not_a_list(body):
+    b = score([f"<think>ok</think><answer>{body}</answer>"])
+    assert b.format == 0.5 and b.rank == 0.0  # well tagged only
+
+
+@pytest.mark.parametrize(
+    "body, position",
+    [
+        ("[\uff17, 1, 2]", 0),  # full-width 7 is no digit: 1 and 2 are the only entries
+        ("[1, \uff17, 7]", 2),
+        ("[\u0667, \u0661]", 0),  # Arabic-Indic 7, 1
+        ("[\u0967, 7]", 1),  # Devanagari 1 is no entry either
+    ],
+)
+def test_only_ascii_digits_are_digits(body, position):
+    b = score([f"<think>ok</think><answer>{body}</answer>"])
+    assert b.position == position
+    assert b.format == 0.5  # not a list of integers
+
+
+def test_position_counts_entries_as_written():
+    # k = first occurrence in the answer as written: duplicates and out-of-range entries take positions.
     assert score([answer([1, 2, 3])], gt=7).rank == 0.0  # ground truth not listed
-    assert score([answer([2, 2, 7])], gt=7).position == 2  # duplicates dropped
-    assert score([answer([99, 0, 7])], gt=7).position == 1  # out of range dropped
+    assert score([answer([2, 2, 7])], gt=7).position == 3
+    assert score([answer([99, 0, 7])], gt=7).position == 3
+    assert score([answer([7, 7, 1])], gt=7).position == 1  # the first occurrence counts
+    assert score([answer([-7, 7])], gt=7).position == 2
+    b = score([answer([1, 1, 1, 1, 1, 7])], gt=7)
+    assert b.position == 6 and b.rank == 0.0  # beyond K_r = 5
     assert ground_truth_position([3, 1, 5], [5, 1]) == 2  # several positives: the best placed counts
     assert ground_truth_position(None, [1]) is None
 
@@ -147,17 +200,55 @@ def test_tool_term_function():
 # --------------------------------------------------------------------------- public variant
 
 
+OBS = "\nuser\n<tool_response>\nThe selected images 1, 2 at high resolution.\n</tool_response>\nassistant\n"
+
+
+def public(turns, n_valid=0, gt=7, **kw):
+    """The public variant on a decoded response: the turns with observations between them."""
+    return score(turns, n_valid=n_valid, gt=gt, variant="public", response=OBS.join(turns), **kw)
+
+
 def test_public_variant_weights_no_cutoff_penalty_and_clip():
     s = reward_settings("public")
-    assert (s.alpha, s.beta, s.k_r, s.eta, s.rho) == (0.3, 0.7, None, 0.0, 0.05)
-    b = score([SELECT, answer(with_gt_at(1))], n_valid=1, variant="public")
+    assert (s.alpha, s.beta, s.k_r, s.eta, s.rho, s.scoring) == (0.3, 0.7, None, 0.0, 0.05, "public")
+    b = public([SELECT, answer(with_gt_at(1))], n_valid=1)
     assert b.score == pytest.approx(1.0)  # no eta bonus in the public reward
-    b = score([answer(with_gt_at(6))], variant="public")
+    b = public([answer(with_gt_at(6))])
     assert b.rank == pytest.approx(math.exp(-12.5)) and b.rank > 0  # no K_r cut-off
-    b = score([SELECT, CROP, answer(with_gt_at(1))], n_valid=3, variant="public")
+    b = public([SELECT, CROP, answer(with_gt_at(1))], n_valid=3)
     assert b.tool == pytest.approx(-0.1) and b.score == pytest.approx(0.9)
-    b = score([SELECT], n_valid=40, variant="public")
+    b = public([SELECT], n_valid=40)
     assert b.score == -0.5  # clipped from -1.95
+    with pytest.raises(ValueError, match="decoded response"):
+        score([SELECT, answer([7])], variant="public")  # turns alone do not show the tool results
+
+
+@pytest.mark.parametrize(
+    "response, fmt, position",
+    [
+        # The tag check spans the whole response: one think at the very start, an answer somewhere after.
+        ("<think>a</think><answer>[7, 1]</answer>", 1.0, 1),
+        (" <think>a</think><answer>[7, 1]</answer>", 0.0, 1),  # must start with <think>: rank still counts
+        ("<think>a</think><tool_call>{}</tool_call>" + OBS + "no think here <answer>[2, 7]</answer>", 1.0, 2),
+        ("<answer>[7]</answer>", 0.0, 1),
+        # The list: a Python list whose items are all ints (True is one); else digit runs.
+        ("<think>a</think><answer>[True, 7]</answer>", 1.0, 2),
+        ("<think>a</think><answer>7, 1</answer>", 0.5, 1),
+        ("<think>a</think><answer>[1.5, 7]</answer>", 0.5, 3),  # digit runs 1, 5, 7
+        ("<think>a</think><answer>[7, 1, two]</answer>", 0.5, 0),  # not a Python literal: no ranking
+        ("<think>a</think><answer>[]</answer>", 1.0, 0),  # an empty list is a list of ints here
+        ("<think>a</think><answer>\u0667, 1</answer>", 0.5, 1),  # Unicode digits, like the regex module
+        ("<think>a</think><answer>[7, 1, 2", 0.0, 0),  # unclosed: no answer
+        # the FIRST <answer>...</answer> of the response is parsed, even one inside the reasoning
+        ("<think>not <answer>[3, 7]</answer> yet</think><answer>[7, 3]</answer>", 1.0, 2),
+    ],
+)
+def test_public_reading_of_the_decoded_response(response, fmt, position):
+    b = score([response], variant="public")
+    assert (b.format, b.position) == (fmt, position)
+    assert b.score == pytest.approx(
+        0.3 * fmt + 0.7 * (math.exp(-((position - 1) ** 2) / 2) if position else 0)
+    )
 
 
 def test_public_group_curiosity():
@@ -166,8 +257,8 @@ def test_public_group_curiosity():
     assert group_curiosity_bonus(used) == pytest.approx([0.21, 0.21] + [0.0] * 6)
     assert group_curiosity_bonus([True] * 5 + [False] * 3) == [0.0] * 8  # rate 0.625 >= 0.6
     assert group_curiosity_bonus([False] * 8) == [0.0] * 8
-    group = [score([SELECT, answer(with_gt_at(1))], n_valid=1, variant="public")] + [
-        score([answer(with_gt_at(2))], variant="public") for _ in range(3)
+    group = [public([SELECT, answer(with_gt_at(1))], n_valid=1)] + [
+        public([answer(with_gt_at(2))]) for _ in range(3)
     ]
     out = apply_group_curiosity(group, "public")
     assert out[0].curiosity == pytest.approx(0.6 * (0.6 - 0.25))
@@ -235,8 +326,11 @@ def test_reward_file_reads_the_recorded_tool_count():
     assert out["score"] == pytest.approx(0.2 + 0.8 * math.exp(-0.5))
     with pytest.raises(ValueError, match="vretrver_agent"):
         fn("vretrver/toy", SELECT + "\nuser\n<tool_response>\n...\n</tool_response>", [7], {})
-    out = fn("vretrver/toy", "x", [7], _record(turns, n_valid=1), variant="public")
+    # the public variant reads the decoded response verl passes, as the public code does
+    out = fn("vretrver/toy", OBS.join(turns), [7], _record(turns, n_valid=1), variant="public")
     assert out["score"] == pytest.approx(1.0)
+    out = fn("vretrver/toy", "x", [7], _record(turns, n_valid=1), variant="public")
+    assert out["score"] == 0.0
     with pytest.raises(ValueError, match="unknown reward settings"):
         fn("vretrver/toy", "x", [7], _record(turns, 1), alpha_typo=1)
 

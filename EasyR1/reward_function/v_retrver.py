@@ -6,8 +6,9 @@ Variants (vretrver.reward.VARIANTS): ``eapo`` (the paper's EAPO reward, default)
 training code's reward), ``text-only`` (the RL-without-tools ablation).
 
 The score uses the protocol's parser on each assistant turn and the tool counts the rollout recorded
-(``extra_info["vretrver_rollout"]``, written by the ``vretrver_agent`` agent loop). The returned dict holds
-the score and its terms (format, rank, tool, position, ...), which verl logs.
+(``extra_info["vretrver_rollout"]``, written by the ``vretrver_agent`` agent loop); the ``public`` variant
+reads the decoded response verl passes (``solution_str``), as the public training code does. The returned
+dict holds the score and its terms (format, rank, tool, position, ...), which verl logs.
 """
 
 from __future__ import annotations

@@ -2,9 +2,11 @@
 
 verl calls ``compute_score(data_source, solution_str, ground_truth, extra_info, **reward_kwargs)`` once per
 trajectory. The assistant turns and the valid-tool-call count come from the record our agent loop leaves
-in ``extra_info["vretrver_rollout"]``; ``solution_str`` (the decoded response, tool results included) is
-only used for a single-turn trajectory that has no record. The variant and any constant come from
-``reward.custom_reward_function.reward_kwargs`` (``variant: eapo | public | text-only``, ``k_r: 5``, ...).
+in ``extra_info["vretrver_rollout"]``. ``solution_str`` (the response verl decoded with
+``skip_special_tokens=True``, tool results included) stands for a single-turn trajectory that has no
+record, and it is what the ``public`` variant reads, as the public training code reads its decoded
+response. The variant and any constant come from ``reward.custom_reward_function.reward_kwargs``
+(``variant: eapo | public | text-only``, ``k_r: 5``, ...).
 
 The ``public`` variant's group curiosity bonus needs the whole GRPO group, which verl's per-trajectory
 reward path never sees: :func:`vretrver.reward.apply_group_curiosity` computes it where the group is at
@@ -85,5 +87,6 @@ def compute_score(
         n_invalid,
         num_candidates=int(num_candidates) if num_candidates else None,
         settings=settings,
+        response=solution_str or "",
     )
     return breakdown.as_dict()
