@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 import pytest
-from test_evaluate import IMG, SwapEngine, candidates_file, lines, mbeir, run_cli  # noqa: F401
+from test_evaluate import IMG, SwapEngine, candidates_file, lines, mbeir, run_cli, swap_cfg  # noqa: F401
 
 from vretrver.benchmarks.registry import load_benchmark
 from vretrver.evaluate import (
@@ -316,17 +316,7 @@ def test_eval_with_the_parquet_stops_on_losses_and_counts_them(mbeir, tmp_path, 
 
 def test_parquet_prompts_reach_the_reranked_samples(mbeir, tmp_path):  # noqa: F811
     src = mscoco_parquet(tmp_path / "mbeir_mscoco_task0_test.parquet", mbeir)
-    cfg = EvalConfig(
-        benchmark="mbeir",
-        data_root=str(mbeir),
-        tasks=["mscoco_task0"],
-        retriever=f"precomputed:{src}",
-        reranker="swap-model",
-        top_n=5,
-        window=3,
-        stride=2,
-        parquet_prompts=True,
-    )
+    cfg = swap_cfg(mbeir, src, parquet_prompts=True)
     out, s = evaluate(cfg, tmp_path / "res", progress=False, engine=SwapEngine())
     want = {r["extra_info"]["qid"]: r["prompt"] for r in pq.read_table(src).to_pylist()}
     samples = {x["id"]: x for x in lines(out / "samples" / "mscoco_task0.jsonl")}

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from test_evaluate import SwapEngine, lines, mbeir  # noqa: F401
+from test_evaluate import SwapEngine, lines, mbeir, swap_cfg  # noqa: F401
 from test_sliding_window import candidate_ids, make_sample
 
 from vretrver.cli import build_parser
@@ -190,17 +190,7 @@ def test_eval_window_mode_reaches_the_reranking_and_the_result_folder(mbeir, tmp
             for q in ("9:1", "9:2", "9:3", "9:5", "9:6")
         )
     )
-    base = dict(
-        benchmark="mbeir",
-        data_root=str(mbeir),
-        tasks=["mscoco_task0"],
-        retriever=f"precomputed:{src}",
-        reranker="swap-model",
-        top_n=5,
-        window=3,
-        stride=2,
-    )
-    ours_cfg, official_cfg = EvalConfig(**base), EvalConfig(**base, window_mode="official")
+    ours_cfg, official_cfg = swap_cfg(mbeir, src), swap_cfg(mbeir, src, window_mode="official")
     assert ours_cfg.fingerprint() != official_cfg.fingerprint()
     out_a, _ = evaluate(ours_cfg, tmp_path / "res", progress=False, engine=SwapEngine())
     out_b, _ = evaluate(official_cfg, tmp_path / "res", progress=False, engine=SwapEngine())

@@ -170,12 +170,9 @@ def iter_pool(path: Path, root: Path) -> Iterator[Candidate]:
         yield Candidate(id=did, text=txt, image=img)
 
 
-def read_pool(
-    path: Path, root: Path, issues: dict[str, int] | None = None, progress: bool = True
-) -> dict[str, Candidate]:
-    pool: dict[str, Candidate] = {}
-    dups = 0
-    bar = tqdm(
+def _pool_bar(path: Path, root: Path, progress: bool) -> Iterator[Candidate]:
+    """The candidates of a pool file behind a progress bar (pools hold up to 5.6 M lines)."""
+    return tqdm(
         iter_pool(path, root),
         desc=f"pool {path.name}",
         unit=" cand",
@@ -183,7 +180,14 @@ def read_pool(
         leave=False,
         disable=not progress,
     )
-    for c in bar:
+
+
+def read_pool(
+    path: Path, root: Path, issues: dict[str, int] | None = None, progress: bool = True
+) -> dict[str, Candidate]:
+    pool: dict[str, Candidate] = {}
+    dups = 0
+    for c in _pool_bar(path, root, progress):
         if c.id in pool:
             dups += 1
             continue
@@ -352,15 +356,7 @@ def read_concatenated_pools(
     pool: dict[str, Candidate] = {}
     counts: dict[str, int] = {}
     for path in paths:
-        bar = tqdm(
-            iter_pool(path, root),
-            desc=f"pool {path.name}",
-            unit=" cand",
-            mininterval=5,
-            leave=False,
-            disable=not progress,
-        )
-        for c in bar:
+        for c in _pool_bar(path, root, progress):
             pool.setdefault(c.id, c)
             counts[c.id] = counts.get(c.id, 0) + 1
     return pool, {d: n for d, n in counts.items() if n > 1}
