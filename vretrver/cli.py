@@ -13,28 +13,26 @@ from pathlib import Path
 BENCHMARKS = ("mbeir", "tuxpaint", "circo", "genecis", "visdial", "vist", "mtfiq", "heldout")
 
 
+def _json_object(text: str | None, flag: str, example: str) -> dict:
+    """The JSON object an option holds ({} when not given); a clear exit naming the option otherwise."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{flag}: expected a JSON object ({e.msg})") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"{flag}: expected a JSON object, e.g. '{example}'")
+    return value
+
+
 def _engine_args(ns: argparse.Namespace) -> dict:
-    args = {}
-    if getattr(ns, "engine_args", None):
-        try:
-            args = json.loads(ns.engine_args)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"--engine-args: expected a JSON object ({e.msg})") from None
-        if not isinstance(args, dict):
-            raise SystemExit("--engine-args: expected a JSON object")
-    return args
+    return _json_object(getattr(ns, "engine_args", None), "--engine-args", '{"device": "cuda"}')
 
 
 def _reader_args(ns: argparse.Namespace) -> dict:
     """``--reader-args`` JSON merged with the reader options that have their own flag."""
-    args: dict = {}
-    if ns.reader_args:
-        try:
-            args = json.loads(ns.reader_args)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"--reader-args: expected a JSON object ({e.msg})") from None
-        if not isinstance(args, dict):
-            raise SystemExit("--reader-args: expected a JSON object, e.g. '{\"rounds\": 3}'")
+    args = _json_object(ns.reader_args, "--reader-args", '{"rounds": 3}')
     for key, flag in (("image_dir", "image-dir"), ("category", "category"), ("vg_dir", "vg-dir")):
         value = getattr(ns, key)
         if value is not None:
@@ -98,6 +96,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         seed=ns.seed,
         index=ns.index,
         chunk_queries=ns.chunk_queries,
+        scheduler=ns.scheduler,
+        max_inflight=ns.max_inflight,
         skip_missing=ns.skip_missing,
         cache_dir=ns.cache_dir,
         ray_address=ns.ray_address,
@@ -190,7 +190,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--index", default="flat", choices=("flat", "fp16", "ivfpq"), help="faiss index (default: flat)"
     )
-    p.add_argument("--chunk-queries", type=int, default=32, help="queries reranked and saved together")
+    p.add_argument(
+        "--chunk-queries",
+        type=int,
+        default=32,
+        help="--scheduler rounds (and Ray): queries reranked and saved together (default: 32)",
+    )
+    p.add_argument(
+        "--scheduler",
+        default="continuous",
+        choices=("continuous", "rounds"),
+        help="continuous (default): each query and episode advances on its own, up to --max-inflight "
+        "episodes in the engine, results saved as queries finish; rounds: one engine call per round of "
+        "a chunk of queries. Greedy results are the same",
+    )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=64,
+        help="--scheduler continuous: episodes in the engine at once (default: 64)",
+    )
     p.add_argument(
         "--skip-missing", action="store_true", help="score what remains when image files are missing"
     )

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import jinja2
 
+from vretrver.lamra_text import lamra_clean as lamra_text
 from vretrver.protocol.parser import ParsedTurn, ToolCall
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
@@ -58,18 +59,6 @@ T = TypeVar("T")
 
 class ProfileError(ValueError):
     pass
-
-
-def lamra_text(s: str | None) -> str:
-    """LamRA's text cleaning (``format_string`` of its M-BEIR datasets), applied to the texts the public
-    release's prompts show: strip, drop carriage returns and surrounding double quotes, capitalise the
-    first character, end with a period unless the text ends in . ? or !"""
-    s = (s or "").replace("\r", "").strip().strip('"')
-    if s:
-        s = s[0].upper() + s[1:]
-        if s[-1] not in ".?!":
-            s += "."
-    return s
 
 
 @dataclass

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from vretrver.lamra_text import lamra_clean as clean_text
 from vretrver.retrieval.base import l2_normalize, load_rgb, settings_tag
 from vretrver.samples import Candidate, Sample
 
@@ -59,16 +60,6 @@ class LamRAPrompts:
                 f"{path}: unknown prompt fields {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}"
             )
         return cls(**d)
-
-
-def clean_text(s: str | None) -> str:
-    """LamRA's text normalisation (see the module docstring)."""
-    s = (s or "").replace("\r", "").strip().strip('"')
-    if s:
-        s = s[0].upper() + s[1:]
-        if s[-1] not in ".?!":
-            s += "."
-    return s
 
 
 class LamRAEmbedder:

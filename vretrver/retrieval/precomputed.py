@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from vretrver.lamra_text import lamra_clean as lamra_format
 from vretrver.samples import Candidate, SampleError, TaskData, iter_jsonl
 
 Ranked = dict[str, list[tuple[str, float]]]
@@ -61,20 +62,6 @@ DID_HASH_BASE = 10_000_000
 # is far longer; short texts would match too many captions by chance).
 MIN_PREFIX_CHARS = 64
 EXAMPLES = 5  # examples kept per run, for the error message
-
-
-def lamra_format(s: str | None) -> str:
-    """A text as LamRA puts it in its prompts (its ``format_string``).
-
-    Carriage returns removed, surrounding whitespace and then double quotes stripped, the first character
-    upper-cased, and a period added unless the text ends with ``.``, ``?`` or ``!``.
-    """
-    s = (s or "").replace("\r", "").strip().strip('"')
-    if s:
-        s = s[0].upper() + s[1:]
-        if s[-1] not in ".?!":
-            s += "."
-    return s
 
 
 def unhash_qid(n: int) -> str:
