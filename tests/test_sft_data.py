@@ -308,6 +308,16 @@ def test_synthesis_sends_all_live_episodes_of_a_chunk_in_one_engine_call(tmp_pat
     assert engine.calls == 3 + 3 + 1  # chunks: 4 x S1; 1 x S1 + 3 x S2; 2 x S2 (one turn)
 
 
+def test_synthesis_writes_a_record_whose_turn_holds_a_lone_surrogate(tmp_path):
+    # A model (or server) can produce the JSON escape \\ud800, which UTF-8 cannot encode.
+    odd = answer([2, 1, 3], think="the caption says \ud800 here")
+    samples = [_sample("S1-0", "t", "S1")]
+    engine = ScriptedEngine(script_from_table({"S1": [[odd]]}))
+    synthesize(samples, engine, tmp_path, SynthesisConfig(attempts=1, temperature=0.0), progress=False)
+    records = read_records(tmp_path / "trajectories.jsonl")
+    assert len(records) == 1 and "\\ud800" in records[0]["trajectory"]["turns"][0]["text"]
+
+
 def test_synthesis_resumes_without_repeating_attempts(tmp_path):
     samples = _teacher_samples()
     calls: list[str] = []

@@ -169,4 +169,8 @@ def format_stats(stats: dict[str, Any]) -> str:
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in rows]
+    if stats.get("sources"):
+        lines.append("sources: " + ", ".join(f"{s} {n}" for s, n in stats["sources"].items()))
+    if stats.get("note"):
+        lines.append("note: " + stats["note"])
     return "\n".join(lines)

@@ -29,10 +29,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from vretrver.engines.base import Engine, GenerationConfig
-from vretrver.episode import Episode
+from vretrver.episode import Episode, dumps_record
 from vretrver.protocol import load_profile
 from vretrver.rerank import run_episodes
-from vretrver.samples import Sample, atomic_write_text
+from vretrver.samples import Sample, atomic_write_text, safe_name
 from vretrver.sft.filter import FilterConfig, assistant_texts, format_stats, judge, summarize
 from vretrver.sft.records import (
     RECORD_VERSION,
@@ -40,7 +40,6 @@ from vretrver.sft.records import (
     escape_sample,
     iter_records,
     record_id,
-    safe_name,
     tool_config_to_dict,
 )
 
@@ -178,7 +177,7 @@ def synthesize(
                         ep, attempt, cfg, state[ep.sample.id], out, export_profile, max_calls, engine, gen
                     )
                     rec["tool_config"] = tool_cfg
-                    lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+                    lines.append(dumps_record(rec) + "\n")
                 f.write("".join(lines))
                 f.flush()
                 os.fsync(f.fileno())
@@ -186,6 +185,13 @@ def synthesize(
         bar.update(bar.total - bar.n)  # attempts skipped because the sample already had enough
     bar.close()
     stats = summarize(r for _, r in iter_records(records_path))
+    stats["sources"] = source_counts(r for _, r in iter_records(records_path))
+    stats["synthetic_records"] = sum(1 for _, r in iter_records(records_path) if r.get("synthetic"))
+    if stats["synthetic_records"]:
+        stats["note"] = (
+            "synthetic trajectories written by a rule-based teacher from the ground truth: they teach the "
+            "format of the protocol, not retrieval; not model output"
+        )
     stats["settings"] = settings
     stats["escaped_placeholders_this_session"] = n_escaped
     atomic_write_text(out / STATS_FILE, json.dumps(stats, indent=2) + "\n")
@@ -238,10 +244,18 @@ def _record(
         "max_tool_calls": max_calls,
         "coordinates": engine.tool_config.coordinates,
         "engine": getattr(engine, "name", type(engine).__name__),
+        # Synthetic turns (a rule-based teacher, not a model) stay labelled through export and statistics.
+        "source": getattr(engine, "name", type(engine).__name__),
+        "synthetic": bool(getattr(engine, "synthetic", False)),
         "generation": asdict(gen),
         "sample": s.to_dict(),
         "trajectory": traj,
     }
+
+
+def source_counts(records: Any) -> dict[str, int]:
+    """How many records each source (the engine that wrote the turns) contributed."""
+    return dict(Counter(r.get("source") or r.get("engine") or "unknown" for r in records))
 
 
 def _jsonable(x: Any) -> Any:
