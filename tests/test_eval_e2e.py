@@ -32,8 +32,9 @@ pytestmark = pytest.mark.skipif(
     not DEFAULT_ROOT.is_dir(), reason=f"Tux Paint stamps are not installed at {DEFAULT_ROOT}"
 )
 
-# Small settings: 2 windows per query (top 12, window 8, stride 4), short turns, 2 queries per chunk.
-RERANK = dict(top_n=12, window=8, stride=4, max_new_tokens=24, chunk_queries=2)
+# Small settings: 2 windows per query (top 12, window 8, stride 4), short turns, 2 queries per chunk,
+# round-synchronous (saved chunk by chunk, in query order; tests/test_scheduler.py: continuous).
+RERANK = dict(top_n=12, window=8, stride=4, max_new_tokens=24, chunk_queries=2, scheduler="rounds")
 
 
 def lines(path: Path) -> list[dict]:
@@ -148,6 +149,7 @@ def vllm_eval(first_stage: Path, model: Path, out: Path) -> list[str]:
         "--engine", "vllm", "--engine-args", json.dumps(engine_args),
         "--top-n", str(RERANK["top_n"]), "--window", str(RERANK["window"]), "--stride", str(RERANK["stride"]),
         "--max-new-tokens", str(RERANK["max_new_tokens"]), "--chunk-queries", str(RERANK["chunk_queries"]),
+        "--scheduler", RERANK["scheduler"],
         "--out", str(out), "--quiet",
     ]  # fmt: skip
 

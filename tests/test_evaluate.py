@@ -528,7 +528,8 @@ def test_reranking_with_a_scripted_model_windows_and_tables(mbeir, tmp_path):
 
 def test_interrupted_run_resumes_without_losing_or_repeating_queries(mbeir, tmp_path):
     src = candidates_file(tmp_path / "cands.jsonl")
-    cfg = swap_cfg(mbeir, src)
+    # Round-synchronous: saved chunk by chunk, in query order (tests/test_scheduler.py: continuous).
+    cfg = swap_cfg(mbeir, src, scheduler="rounds")
     ref_out, ref = evaluate(cfg, tmp_path / "ref", progress=False, engine=SwapEngine())
 
     # Two windows per query, two queries per chunk: the third engine call is in the second chunk.

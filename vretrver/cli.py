@@ -107,6 +107,13 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     warning = profile_mismatch_warning(reranker, cfg.profile)
     if warning:
         print(warning, file=sys.stderr)
+    if ns.dry_run:
+        from vretrver.dryrun import dry_run
+
+        print(dry_run(cfg, ns.rate))
+        return 0
+    if not ns.out:
+        raise ValueError("eval: --out is required (the result folder), unless --dry-run")
     out, summary = evaluate(cfg, ns.out, progress=not ns.quiet)
     print((out / "summary.md").read_text())
     print(f"results: {out}")
@@ -229,7 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="resuming: rerank again the queries the engine failed on (default); --no-retry-failed keeps "
         "them as they are (their failed windows in first-stage order)",
     )
-    p.add_argument("--out", required=True, help="result folder")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print queries, windows, model calls, images and the estimated time per task; load no model",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        help="--dry-run: episodes (windows) per second of your engine (default: an assumed 2, see the output)",
+    )
+    p.add_argument("--out", help="result folder (required unless --dry-run)")
     p.add_argument("--quiet", action="store_true")
     add_rerank_options(p)
     p.set_defaults(func=cmd_eval)

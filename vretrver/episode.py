@@ -17,6 +17,7 @@ Rules (method.md section 2):
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from PIL import Image
 
 from vretrver.protocol import (
     Conversation,
+    ImageLike,
     ParsedTurn,
     build_conversation,
     load_profile,
@@ -62,7 +64,12 @@ class Episode:
         profile: Profile | str = "v-retrver",
         tool_config: ToolConfig | None = None,
         max_tool_calls: int | None = None,
+        load: Callable[[str], ImageLike] | None = None,
     ):
+        """``load``: turns an image path into the image to use (a cache shared by the windows of a
+        query decodes each file once); it must give the same pixels :func:`vretrver.images.load_image`
+        would, and may return the path itself when the file does not open (the engine then fails the
+        turn, as without it)."""
         self.sample = sample
         self.profile = load_profile(profile)
         # The profile says whose tool server the tools imitate (error texts, checks).
@@ -79,7 +86,13 @@ class Episode:
         self.done = False
         self.failed: str | None = None  # engine failure reason
         self.end_reason: str | None = None
-        self._images = image_table(self.profile.tool_images(sample.image_paths()))
+        slots: list[ImageLike | None] = list(self.profile.tool_images(sample.image_paths()))
+        if load is not None:
+            self.conversation.images = [
+                load(x) if isinstance(x, str) else x for x in self.conversation.images
+            ]
+            slots = [load(x) if isinstance(x, str) else x for x in slots]
+        self._images = image_table(slots)
 
     @property
     def k(self) -> int:

@@ -12,8 +12,9 @@ A result folder holds::
     summary.json / .md / .csv   per-task metrics, first stage vs reranked, and the average
     <task>_submission.json      CIRCO test split only: the server's format (its labels are private)
 
-Resuming: the first stage of a task is saved once, atomically; reranked queries are appended chunk by
-chunk (trajectories first, then results), so an interrupted run reads back the finished queries, drops a
+Resuming: the first stage of a task is saved once, atomically; reranked queries are appended as they
+finish (continuous scheduling, in the order they finish) or chunk by chunk (``scheduler="rounds"``, and
+Ray), trajectories first, then results, so an interrupted run reads back the finished queries, drops a
 torn last line and the trajectories of queries whose result line never landed, and reranks the rest.
 Settings that change results (retriever, checkpoint, profile, window, top-N, decoding, ...) are hashed
 into ``config.json``; a run whose hash differs from the folder's writes to ``<out>-<hash>`` instead of
@@ -34,11 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,7 +55,7 @@ from vretrver.report.tables import summarize, task_entry, write_summary, write_t
 from vretrver.samples import Sample, SampleError, TaskData, atomic_write_text, write_jsonl, write_samples
 
 if TYPE_CHECKING:
-    from vretrver.rerank import RerankConfig
+    from vretrver.rerank import RerankConfig, WindowedResult
 
 ZERO_SHOT = ("circo", "genecis", "visdial", "vist", "mtfiq")
 # CIRCO's evaluation server scores the top 50 of each query, and its local mAP goes up to @50.
@@ -69,6 +71,8 @@ _PLUMBING = (
     "ray_workers",
     "retry_failed",  # what a resumed run does with failed queries, not how a query is reranked
     "max_unresolved",  # only decides whether a run with lost first-stage entries goes on
+    "scheduler",  # the order episodes reach the engine, not what each one sees
+    "max_inflight",
 )
 # The engine kind counts: greedy decoding in different engines (and dtypes) can differ.
 _RERANK_SETTINGS = (
@@ -117,7 +121,11 @@ class EvalConfig:
     max_new_tokens: int = 1024
     seed: int | None = 0
     index: str = "flat"
-    chunk_queries: int = 32  # queries reranked (and saved) together; one Ray task each
+    chunk_queries: int = 32  # rounds (and Ray): queries reranked (and saved) together; one Ray task each
+    # continuous: each query and episode advances on its own, results saved as queries finish;
+    # rounds: one engine call per round of a chunk of queries (vretrver.scheduler)
+    scheduler: str = "continuous"
+    max_inflight: int = 64  # continuous: episodes in the engine at once
     skip_missing: bool = False
     cache_dir: str | None = None
     ray_address: str | None = None  # "local", "auto" or a cluster address: data-parallel reranking
@@ -150,7 +158,7 @@ class EvalConfig:
 
     def check(self) -> None:
         """Reject settings that cannot work before anything is loaded."""
-        for name in ("window", "stride", "chunk_queries", "max_new_tokens"):
+        for name in ("window", "stride", "chunk_queries", "max_new_tokens", "max_inflight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.top_n is not None and self.top_n < 1:
@@ -185,7 +193,10 @@ class EvalConfig:
             check_reader_args(self.benchmark, self.reader_args)
         if self.retriever.startswith("precomputed:") and not self.retriever.split(":", 1)[1]:
             raise ValueError("--retriever precomputed:PATH needs a path")
-        from vretrver.rerank import WINDOW_MODES
+        from vretrver.rerank import SCHEDULERS, WINDOW_MODES
+
+        if self.scheduler not in SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
 
         if self.window_mode not in WINDOW_MODES:
             raise ValueError(
@@ -498,6 +509,8 @@ def rerank_config(cfg: EvalConfig) -> RerankConfig:
         stride=cfg.stride,
         top_n=cfg.resolved_top_n(),
         window_mode=cfg.window_mode,
+        scheduler=cfg.scheduler,
+        max_inflight=cfg.max_inflight,
         generation=GenerationConfig(
             max_new_tokens=cfg.max_new_tokens,
             temperature=cfg.temperature,
@@ -512,28 +525,36 @@ def rerank_rows(
 ) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
     """Rerank samples (each holding its first-stage list); per query its result row and trajectories."""
     from vretrver.rerank import rerank_windows
+    from vretrver.scheduler import rerank_continuous_list
 
-    out = []
-    for s, r in zip(samples, rerank_windows(samples, engine, rcfg), strict=True):
-        trajs = []
-        for w, ep in enumerate(r.episodes):
-            rec = ep.to_record(image_dir)
-            rec.update(qid=r.sample_id, window=w, window_start=ep.sample.meta.get("window_start", 0))
-            rec["window_applied"] = r.applied[w]  # official mode: False when the answer left it unchanged
-            rec["candidate_ids"] = [c.id for c in ep.sample.candidates]
-            trajs.append(rec)
-        row = {
-            "qid": r.sample_id,
-            "first_stage": [c.id for c in s.candidates],
-            "reranked": r.ranked_ids,
-            "n_valid_calls": [e.n_valid_calls for e in r.episodes],
-            "n_invalid_calls": [e.n_invalid_calls for e in r.episodes],
-            "answered": [e.answered for e in r.episodes],
-            "failed": [e.failed for e in r.episodes if e.failed],
-            "window_applied": r.applied,
-        }
-        out.append((row, trajs))
-    return out
+    samples = list(samples)
+    if rcfg.scheduler == "continuous":
+        results = rerank_continuous_list(samples, engine, rcfg)
+    else:
+        results = rerank_windows(samples, engine, rcfg)
+    return [query_rows(s, r, image_dir) for s, r in zip(samples, results, strict=True)]
+
+
+def query_rows(s: Sample, r: WindowedResult, image_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """One reranked query's result row and its trajectories (tool images saved under ``image_dir``)."""
+    trajs = []
+    for w, ep in enumerate(r.episodes):
+        rec = ep.to_record(image_dir)
+        rec.update(qid=r.sample_id, window=w, window_start=ep.sample.meta.get("window_start", 0))
+        rec["window_applied"] = r.applied[w]  # official mode: False when the answer left it unchanged
+        rec["candidate_ids"] = [c.id for c in ep.sample.candidates]
+        trajs.append(rec)
+    row = {
+        "qid": r.sample_id,
+        "first_stage": [c.id for c in s.candidates],
+        "reranked": r.ranked_ids,
+        "n_valid_calls": [e.n_valid_calls for e in r.episodes],
+        "n_invalid_calls": [e.n_invalid_calls for e in r.episodes],
+        "answered": [e.answered for e in r.episodes],
+        "failed": [e.failed for e in r.episodes if e.failed],
+        "window_applied": r.applied,
+    }
+    return row, trajs
 
 
 class RerankWorker:
@@ -618,6 +639,27 @@ class _Reranker:
                 for name, data in images.items():
                     (image_dir / name).write_bytes(data)
             yield rows
+
+    def streams(self) -> bool:
+        """Whether queries go through :meth:`stream` (continuous scheduling in this process)."""
+        return self.cfg.scheduler == "continuous" and self.cfg.ray_address is None
+
+    def stream(
+        self,
+        samples: Iterable[Sample],
+        image_dir: Path,
+        save: Callable[[list[tuple[dict[str, Any], list[dict[str, Any]]]]], None],
+    ) -> None:
+        """Rerank with continuous scheduling; ``save`` gets the rows of queries as they finish."""
+        from vretrver.scheduler import rerank_continuous
+
+        self._start()
+        rerank_continuous(
+            samples,
+            self.engine,
+            self.rcfg,
+            lambda done: save([query_rows(s, r, image_dir) for s, r in done]),
+        )
 
     def close(self) -> None:
         if self.actors:
@@ -708,33 +750,54 @@ def rerank_task(
     reranker: _Reranker,
     progress: bool = True,
 ) -> dict[str, list[str]]:
-    """Rerank every query's top-N in windows; append results as chunks finish; resume from the file."""
+    """Rerank every query's top-N in windows; append results as queries (or chunks) finish; resume from
+    the file.
+
+    Continuous scheduling (without Ray) reads the queries lazily and saves each as it finishes, in any
+    order; round-synchronous scheduling and Ray save chunk by chunk, in query order.
+    """
     res_path = out / "results" / f"{task.name}.jsonl"
     traj_path = out / "trajectories" / f"{task.name}.jsonl"
     done = load_finished(res_path, traj_path, {q.id for q in task.queries}, cfg.retry_failed)
-    todo = [q for q in task.queries if q.id not in done and fs_runs.get(q.id)]
-    if not todo:
+    n_todo = sum(1 for q in task.queries if q.id not in done and fs_runs.get(q.id))
+    if not n_todo:
         return done
     res_path.parent.mkdir(parents=True, exist_ok=True)
     traj_path.parent.mkdir(parents=True, exist_ok=True)
     n_ready = sum(1 for q in task.queries if fs_runs.get(q.id))
-    chunks = [
-        [_with_candidates(q, fs_runs[q.id], task) for q in todo[i : i + cfg.chunk_queries]]
-        for i in range(0, len(todo), cfg.chunk_queries)
-    ]
+    todo = (
+        _with_candidates(q, fs_runs[q.id], task)
+        for q in task.queries
+        if q.id not in done and fs_runs.get(q.id)
+    )
+    image_dir = out / "trajectories" / "img"
     with tqdm(
-        total=n_ready, initial=n_ready - len(todo), desc=f"rerank {task.name}", disable=not progress
+        total=n_ready, initial=n_ready - n_todo, desc=f"rerank {task.name}", disable=not progress
     ) as bar:
-        for chunk, rows in zip(chunks, reranker.map(chunks, out / "trajectories" / "img")):
-            if [r["qid"] for r, _ in rows] != [s.id for s in chunk]:
-                raise RuntimeError(f"{task.name}: reranked rows came back out of order")
+
+        def save(rows: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
             # Trajectories first, then results: a query counts as done only once both are on disk.
             _append_lines(traj_path, [t for _, trajs in rows for t in trajs])
             _append_lines(res_path, [r for r, _ in rows])
             for r, _ in rows:
                 done[r["qid"]] = r["reranked"]
-            bar.update(len(chunk))
+            bar.update(len(rows))
+
+        if reranker.streams():
+            reranker.stream(todo, image_dir, save)
+            return done
+        chunks = [list(c) for c in _batched(todo, cfg.chunk_queries)]
+        for chunk, rows in zip(chunks, reranker.map(chunks, image_dir)):
+            if [r["qid"] for r, _ in rows] != [s.id for s in chunk]:
+                raise RuntimeError(f"{task.name}: reranked rows came back out of order")
+            save(rows)
     return done
+
+
+def _batched(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, n)):
+        yield chunk
 
 
 def _warn_failures(task: str, f: dict[str, int]) -> None:

@@ -4,6 +4,10 @@ Implementations (transformers, vLLM offline, any OpenAI-compatible server) rende
 through the checkpoint's own chat template, so the same sample and profile give the same prompt tokens
 in every engine. A completion's text INCLUDES the stop string that ended it (engines whose backend drops
 it add it back), because the parser needs the closing tag.
+
+An engine may also offer ``turn_stream(max_inflight)``: turns submitted one by one and handed back as
+they finish (:class:`vretrver.scheduler.TurnStream`), which continuous scheduling uses; without it the
+scheduler calls ``continue_conversations`` with whatever turns are ready.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ the answer, so a server that trickles bytes cannot hold a request longer; ``roun
 bounds a whole round, retries included. Without it a round lasts at most about
 ``(max_retries + 1) * timeout`` plus the back-off waits.
 
+For continuous scheduling (:mod:`vretrver.scheduler`), :meth:`OpenAIEngine.turn_stream` sends each turn
+as its own request as soon as it is ready (at most ``concurrency`` at once) and hands each answer back as
+it arrives; ``round_timeout`` does not apply there (there are no rounds), ``timeout`` still does.
+
 OpenAI's API drops the stop string that ended a completion, but the parser needs the closing tag. On a
 vLLM server (detected from ``/models``) the request asks for it to be kept (``include_stop_str_in_output``);
 otherwise the engine puts it back, using vLLM's ``stop_reason`` when present and else the tag that the
@@ -20,6 +24,7 @@ text leaves open. Start vLLM without ``--reasoning-parser`` so ``<think>`` stays
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -182,6 +187,11 @@ class OpenAIEngine:
         _ = self.is_vllm  # detect once, before the requests start
         return self._run(self._round(conversations, gen))
 
+    def turn_stream(self, max_inflight: int) -> _OpenAITurns:
+        """Each turn is one request sent at once; answers come back as they arrive."""
+        _ = self.is_vllm  # detect once, before the requests start
+        return _OpenAITurns(self)
+
     def close(self) -> None:
         with self._lock:
             loop, thread, client = self._loop, self._thread, self._client
@@ -328,6 +338,39 @@ class OpenAIEngine:
         except Exception as e:
             log.info("could not query %s/models (%s): treating the server as plain OpenAI", self.base_url, e)
             return False
+
+
+class _OpenAITurns:
+    """A :class:`vretrver.scheduler.TurnStream` of concurrent requests on the engine's event loop."""
+
+    def __init__(self, engine: OpenAIEngine):
+        self.engine = engine
+        self.loop, _ = engine._started()
+        # Created here, bound to the engine's loop on first use there.
+        self.gate = asyncio.Semaphore(engine.concurrency)
+        self.futures: dict[concurrent.futures.Future[Completion], int] = {}
+
+    def submit(self, key: int, conv: Conversation, gen: GenerationConfig) -> None:
+        fut = asyncio.run_coroutine_threadsafe(self.engine._one(conv, gen, self.gate), self.loop)
+        self.futures[fut] = key
+
+    def wait(self) -> list[tuple[int, Completion]]:
+        if not self.futures:
+            return []
+        done, _ = concurrent.futures.wait(list(self.futures), return_when=concurrent.futures.FIRST_COMPLETED)
+        out = []
+        for fut in done:
+            key = self.futures.pop(fut)
+            try:
+                out.append((key, fut.result()))
+            except Exception as e:  # _one turns failures into completions; anything else fails this turn
+                out.append((key, Completion(None, error=f"bad response: {type(e).__name__}: {e}")))
+        return out
+
+    def close(self) -> None:
+        for fut in self.futures:
+            fut.cancel()
+        self.futures = {}
 
 
 def _encode(body: dict[str, Any]) -> bytes:

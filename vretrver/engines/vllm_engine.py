@@ -4,6 +4,12 @@ vLLM schedules them with continuous batching, so a round costs about its longest
 comes from the same processor chat template as every other engine (``vretrver.engines.render``); vLLM
 expands the image placeholders itself, and :meth:`VLLMEngine.prompt_token_ids` reports the ids it used.
 
+For continuous scheduling (:mod:`vretrver.scheduler`), :meth:`VLLMEngine.turn_stream` adds each turn to
+vLLM's engine as soon as it is ready and steps the engine itself, handing back the requests that
+finished at each step. Prefix caching is on (vLLM's default, set explicitly): the turns of an episode
+and the windows of a query share their first tokens (the system prompt, the query), and vLLM reuses
+their KV cache instead of computing it again; the prompts themselves are unchanged.
+
 Scripts that create this engine need an ``if __name__ == "__main__":`` guard (vLLM starts worker
 processes). On CPU set ``VLLM_CPU_KVCACHE_SPACE`` (GiB of KV cache) before starting.
 """
@@ -52,6 +58,7 @@ class VLLMEngine:
             # No video unless asked: its dummy inputs make the start-up warm-up slow, and reranking sends none.
             limit_mm_per_prompt={"image": DEFAULT_IMAGE_LIMIT, "video": 0, **(limit_mm_per_prompt or {})},
             seed=seed,
+            enable_prefix_caching=True,
         )
         if max_model_len is not None:
             kw["max_model_len"] = max_model_len
@@ -97,6 +104,10 @@ class VLLMEngine:
                     except Exception as e1:
                         results[i] = Completion(None, error=f"generation failed: {type(e1).__name__}: {e1}")
         return [r if r is not None else Completion(None, error="no result") for r in results]
+
+    def turn_stream(self, max_inflight: int) -> _VLLMTurns:
+        """Turns go into vLLM's engine one by one and come back as they finish (continuous batching)."""
+        return _VLLMTurns(self)
 
     def close(self) -> None:
         import gc
@@ -151,3 +162,48 @@ class VLLMEngine:
             n_prompt_tokens=len(out.prompt_token_ids or []),
             n_completion_tokens=len(o.token_ids),
         )
+
+
+class _VLLMTurns:
+    """A :class:`vretrver.scheduler.TurnStream` over the offline engine: ``submit`` adds a request to
+    vLLM's engine, ``wait`` steps the engine until at least one request has finished."""
+
+    def __init__(self, engine: VLLMEngine):
+        if engine.llm is None:
+            raise RuntimeError("the engine is closed")
+        self.engine = engine
+        self.llm = engine.llm
+        self.pending: dict[str, tuple[int, GenerationConfig]] = {}
+        self.ready: list[tuple[int, Completion]] = []
+
+    def submit(self, key: int, conv: Conversation, gen: GenerationConfig) -> None:
+        try:
+            req = self.engine._request(conv)
+        except Exception as e:  # as in continue_conversations: this conversation fails, not the run
+            self.ready.append((key, Completion(None, error=f"could not prepare the conversation: {e}")))
+            return
+        try:
+            # vLLM validates a request as it is added (length, image count).
+            (rid,) = self.llm.enqueue([req], self.engine._sampling_params(gen), use_tqdm=False)
+        except Exception as e:
+            self.ready.append((key, Completion(None, error=f"generation failed: {type(e).__name__}: {e}")))
+            return
+        # enqueue answers with vLLM's internal id ("<id>-<random suffix>"); outputs carry the id as given.
+        self.pending[str(rid).rsplit("-", 1)[0]] = (key, gen)
+
+    def wait(self) -> list[tuple[int, Completion]]:
+        out, self.ready = self.ready, []
+        core = self.llm.llm_engine
+        while not out and self.pending:
+            if not core.has_unfinished_requests():
+                raise RuntimeError(f"vLLM has no request left but {len(self.pending)} turns never finished")
+            for o in core.step():
+                if getattr(o, "finished", False) and o.request_id in self.pending:
+                    key, gen = self.pending.pop(o.request_id)
+                    out.append((key, VLLMEngine._completion(o, gen)))
+        return out
+
+    def close(self) -> None:
+        if self.pending and self.engine.llm is not None:
+            self.llm.llm_engine.abort_request(list(self.pending))
+        self.pending = {}
