@@ -316,7 +316,7 @@ def test_eval_with_the_parquet_stops_on_losses_and_counts_them(mbeir, tmp_path, 
 
 def test_parquet_prompts_reach_the_reranked_samples(mbeir, tmp_path):  # noqa: F811
     src = mscoco_parquet(tmp_path / "mbeir_mscoco_task0_test.parquet", mbeir)
-    cfg = swap_cfg(mbeir, src, parquet_prompts=True)
+    cfg = swap_cfg(mbeir, src, parquet_prompts=True, profile="official")
     out, s = evaluate(cfg, tmp_path / "res", progress=False, engine=SwapEngine())
     want = {r["extra_info"]["qid"]: r["prompt"] for r in pq.read_table(src).to_pylist()}
     samples = {x["id"]: x for x in lines(out / "samples" / "mscoco_task0.jsonl")}
@@ -360,3 +360,10 @@ def test_mbeir_reader_counts_qrels_of_unknown_queries_and_rejects_an_empty_query
     query_file.write_text("\n")
     with pytest.raises(SampleError, match=re.escape(f"{query_file}: the query file is empty")):
         load_benchmark("mbeir", data_root=str(mbeir), tasks=["mscoco_task0"], progress=False)
+
+
+def test_parquet_prompts_need_a_profile_that_uses_them(mbeir, tmp_path):  # noqa: F811
+    src = mscoco_parquet(tmp_path / "mbeir_mscoco_task0_test.parquet", mbeir)
+    with pytest.raises(ValueError, match="would ignore the parquet's"):
+        swap_cfg(mbeir, src, parquet_prompts=True, profile="v-retrver").check()
+    swap_cfg(mbeir, src, parquet_prompts=True, profile="official").check()

@@ -213,7 +213,12 @@ class EvalConfig:
         if self.reranker:
             from vretrver.protocol import load_profile
 
-            load_profile(self.profile)  # an unknown profile fails now, not after the first stage
+            prof = load_profile(self.profile)  # an unknown profile fails now, not after the first stage
+            if self.parquet_prompts and not prof.settings.get("parquet_prompt"):
+                raise ValueError(
+                    f"--parquet-prompts: profile {prof.name!r} builds its own prompts and would ignore the "
+                    "parquet's; use --profile official (the release's layout)"
+                )
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as written to config.json and summary.json (secrets in engine_args masked)."""
