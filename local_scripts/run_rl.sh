@@ -2,9 +2,9 @@
 # RL stage (EAPO: GRPO with the evidence-aligned reward) with upstream verl, on one node or a Ray cluster.
 #
 # One node (8 GPUs):
-#   MODEL=checkpoints/rft/qwen2_5_vl_7b TRAIN_FILES=data/rl/train.parquet bash local_scripts/run_rl.sh
+#   TRAIN_FILES=data/rl/train.parquet bash local_scripts/run_rl.sh    # starts from outputs/rft/qwen2_5_vl_7b
 # Qwen3-VL:
-#   CONFIG=qwen3_vl_8b_rl MODEL=checkpoints/rft/qwen3_vl_8b TRAIN_FILES=... bash local_scripts/run_rl.sh
+#   CONFIG=qwen3_vl_8b_rl TRAIN_FILES=... bash local_scripts/run_rl.sh  # starts from outputs/rft/qwen3_vl_8b
 # Ray cluster of NNODES nodes (same repository path, environment and shared checkpoint folder on all):
 #   head:     NNODES=4 ROLE=head   MODEL=... TRAIN_FILES=... bash local_scripts/run_rl.sh
 #   workers:  NNODES=4 ROLE=worker HEAD_ADDR=<head ip> bash local_scripts/run_rl.sh
@@ -13,7 +13,8 @@
 #
 # Settings (environment):
 #   CONFIG         recipe in EasyR1/configs (qwen2_5_vl_7b_rl | qwen3_vl_8b_rl), default qwen2_5_vl_7b_rl
-#   MODEL          the policy to start from (the RFT checkpoint, a Hugging Face folder)
+#   MODEL          the policy to start from, a Hugging Face folder (default outputs/rft/<CONFIG without _rl>:
+#                  where run_rft.sh writes the RFT checkpoint)
 #   TRAIN_FILES    RL parquet(s), comma separated (build: `vretrver rl data build`); VAL_FILES default TRAIN_FILES
 #   VARIANT        reward: eapo (paper, default) | public | text-only (use text-cot data for text-only)
 #   PROJECT, EXP_NAME   logging / checkpoint names (checkpoints/PROJECT/EXP_NAME)
@@ -24,6 +25,10 @@
 #   GPUS_PER_NODE  default: all visible GPUs;  TP: vLLM tensor parallel size (default 4)
 #   NNODES (1), ROLE (single | head | worker), HEAD_ADDR, RAY_PORT (6379)
 #   MERGE=1        after training, merge the last checkpoint into a Hugging Face folder (CKPT_DIR/hf)
+#   DEVICE=cpu     train on CPUs (tests, debugging; environment: `setup.sh --rl-cpu`, PYTHON=.venv-rl-cpu/bin/python):
+#                  verl's gloo CPU platform (vretrver.integrations.verl.cpu_platform) and vLLM's CPU build;
+#                  GPUS_PER_NODE (default 1) counts training processes, declared to Ray as logical GPUs; TP
+#                  default 1; no vLLM sleep mode; VLLM_CPU_KVCACHE_SPACE (GiB, default 1) sizes vLLM's cache
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,12 +37,37 @@ NNODES="${NNODES:-1}"
 ROLE="${ROLE:-$([ "$NNODES" -gt 1 ] && echo head || echo single)}"
 RAY_PORT="${RAY_PORT:-6379}"
 PYTHON="${PYTHON:-python}"
+DEVICE="${DEVICE:-gpu}"
+
+DEVICE_ARGS=()
+if [ "$DEVICE" = "cpu" ]; then
+  GPUS_PER_NODE="${GPUS_PER_NODE:-1}"
+  TP="${TP:-1}"
+  # every process that imports verl (trainer, Ray workers, vLLM workers) imports the CPU platform module
+  export VERL_PLATFORM=cpu
+  export VERL_USE_EXTERNAL_MODULES="vretrver.integrations.verl.cpu_platform${VERL_USE_EXTERNAL_MODULES:+,$VERL_USE_EXTERNAL_MODULES}"
+  export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
+  # vLLM's CPU build has no sleep mode: the engine keeps its weights and cache between rollouts. It loads
+  # the model itself rather than starting on random weights: vLLM 0.28 keeps Qwen-VL's image
+  # normalisation in buffers that random initialisation overwrites and no weight sync restores.
+  DEVICE_ARGS=("+actor_rollout_ref.rollout.enable_sleep_mode=false"
+               "actor_rollout_ref.rollout.free_cache_engine=false"
+               "actor_rollout_ref.rollout.load_format=auto")
+  # a local Ray started by the trainer (a cluster's nodes get --num-gpus from `ray start` below)
+  # (and as many logical CPUs as verl's many mostly idle actors ask for: RAY_NUM_CPUS, default 16)
+  if [ "$ROLE" = "single" ]; then
+    DEVICE_ARGS+=("+ray_kwargs.ray_init.num_gpus=$GPUS_PER_NODE" "ray_kwargs.ray_init.num_cpus=${RAY_NUM_CPUS:-16}")
+  fi
+elif [ "$DEVICE" != "gpu" ]; then
+  echo "error: DEVICE must be gpu or cpu, not '$DEVICE'" >&2
+  exit 2
+fi
 
 if [ -z "${GPUS_PER_NODE:-}" ]; then
   GPUS_PER_NODE="$(nvidia-smi -L 2>/dev/null | wc -l || echo 0)"
 fi
 if [ "$GPUS_PER_NODE" -lt 1 ]; then
-  echo "error: no GPU found (verl 0.9.1 training needs CUDA GPUs); set GPUS_PER_NODE to override" >&2
+  echo "error: no GPU found (verl 0.9.1 training needs CUDA GPUs); set GPUS_PER_NODE to override, or DEVICE=cpu" >&2
   exit 2
 fi
 
@@ -46,7 +76,7 @@ if [ "$ROLE" = "worker" ]; then
   exec ray start --address="${HEAD_ADDR}:${RAY_PORT}" --num-gpus="$GPUS_PER_NODE" --block
 fi
 
-: "${MODEL:?set MODEL to the policy checkpoint (a Hugging Face folder)}"
+MODEL="${MODEL:-$REPO/outputs/rft/${CONFIG%_rl}}"  # the RFT recipes' output_dir
 : "${TRAIN_FILES:?set TRAIN_FILES to the RL parquet file(s)}"
 VAL_FILES="${VAL_FILES:-$TRAIN_FILES}"
 VARIANT="${VARIANT:-eapo}"
@@ -113,6 +143,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
   trainer.n_gpus_per_node="$GPUS_PER_NODE" \
   "${RESUME_ARGS[@]}" \
   "${ATTN_ARGS[@]}" \
+  "${DEVICE_ARGS[@]}" \
   "$@"
 
 if [ "${MERGE:-0}" = "1" ]; then

