@@ -6,7 +6,8 @@
 #
 # CKPT_DIR  the run's trainer.default_local_dir (holds latest_checkpointed_iteration.txt, global_step_N/)
 # STEP      the step to merge (default: the latest checkpoint)
-# OUT_DIR   default: CKPT_DIR/hf/global_step_STEP
+# OUT_DIR   default: CKPT_DIR/hf/global_step_STEP, and CKPT_DIR/hf/latest then points at it (the folder
+#           the next stage, `vretrver eval --reranker CKPT_DIR/hf/latest`, takes)
 set -euo pipefail
 PYTHON="${PYTHON:-python}"
 CKPT_DIR="${1:?usage: merge_checkpoint.sh CKPT_DIR [STEP] [OUT_DIR]}"
@@ -42,4 +43,7 @@ PY
 rm -rf "$OUT_DIR"
 mkdir -p "$(dirname "$OUT_DIR")"
 mv "$TMP_DIR" "$OUT_DIR"
+if [ -z "${3:-}" ]; then
+  ln -sfn "global_step_${STEP}" "$CKPT_DIR/hf/latest"
+fi
 echo "merged $ACTOR -> $OUT_DIR"

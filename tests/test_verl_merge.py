@@ -49,6 +49,7 @@ def test_merge_checkpoint_gives_a_folder_evaluation_loads(tmp_path, tiny_qwen25v
     assert res.returncode == 0, res.stderr[-3000:]
     out = ckpt / "hf" / "global_step_3"
     assert f"-> {out}" in res.stdout and not Path(f"{out}.partial").exists()
+    assert (ckpt / "hf" / "latest").resolve() == out.resolve()  # what the evaluation stage takes
 
     merged = AutoModelForImageTextToText.from_pretrained(out)
     original = AutoModelForImageTextToText.from_pretrained(tiny_qwen25vl)

@@ -139,7 +139,13 @@ def cmd_samples(ns: argparse.Namespace) -> int:
 
 
 def _add_engine_args(p: argparse.ArgumentParser, engine_default: str, model_help: str) -> None:
-    p.add_argument("--engine", choices=("hf", "vllm", "openai"), default=engine_default)
+    p.add_argument(
+        "--engine",
+        choices=("hf", "vllm", "openai", "oracle"),
+        default=engine_default,
+        help="oracle: a rule-based teacher writing synthetic trajectories from the ground truth (dry runs, "
+        "CPU pipelines; teaches the format only)",
+    )
     p.add_argument("--model", required=True, help=model_help)
     p.add_argument(
         "--engine-args", help='engine settings as JSON, e.g. \'{"base_url": "http://localhost:8000/v1"}\''
@@ -191,10 +197,14 @@ def _load_samples(ns: argparse.Namespace):
     return samples[: ns.limit] if ns.limit else samples
 
 
-def _make_engine(ns: argparse.Namespace):
+def _make_engine(ns: argparse.Namespace, samples: list[Any] | None = None):
     from vretrver.engines.factory import make_engine
 
-    return make_engine(ns.engine, ns.model, **_json_object(ns.engine_args, "--engine-args"))
+    kw = _json_object(ns.engine_args, "--engine-args")
+    if ns.engine == "oracle":  # it answers from the ground truth of the very samples it runs on
+        kw = {"samples": samples, "profile": ns.profile, "max_tool_calls": ns.max_tool_calls, **kw}
+        kw.setdefault("seed", ns.seed)
+    return make_engine(ns.engine, ns.model, **kw)
 
 
 def cmd_synthesize(ns: argparse.Namespace) -> int:
@@ -214,7 +224,7 @@ def cmd_synthesize(ns: argparse.Namespace) -> int:
         seed=ns.seed,
         filter=FilterConfig(require_full_ranking=ns.require_full_ranking, min_tool_calls=ns.min_tool_calls),
     )
-    engine = _make_engine(ns)
+    engine = _make_engine(ns, samples)
     try:
         synthesize(samples, engine, ns.out, cfg)
     finally:
@@ -228,7 +238,7 @@ def cmd_rft(ns: argparse.Namespace) -> int:
     from vretrver.sft.synthesis import rejection_sample
 
     samples = _load_samples(ns)
-    engine = _make_engine(ns)
+    engine = _make_engine(ns, samples)
     try:
         stats = rejection_sample(
             samples,

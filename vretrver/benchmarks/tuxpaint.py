@@ -8,7 +8,8 @@ is an English caption. They are read where they are installed, never copied. Use
 Two tasks in M-BEIR's shape: ``tuxpaint_t2i`` (one query per distinct caption; its positives are all
 drawings with that caption; pool = all drawings) and ``tuxpaint_i2t`` (one query per drawing; pool = the
 distinct captions). ``split="test"`` takes the ``test_size`` queries whose SHA-1 of the query key
-(caption / relative path) is smallest, a stable sample for demos; ``split="full"`` takes all.
+(caption / relative path) is smallest, a stable sample for demos; ``split="train"`` takes the others
+(training data that never meets the test queries); ``split="full"`` takes all.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from vretrver.samples import Candidate, Query, Sample, TaskData
 DEFAULT_ROOT = Path("/usr/share/tuxpaint/stamps")
 INSTALL_COMMAND = "sudo apt-get install -y --no-install-recommends tuxpaint-stamps-default"
 TASKS = ("tuxpaint_t2i", "tuxpaint_i2t")
-SPLITS = ("test", "full")
+SPLITS = ("test", "train", "full")
 REQUIRED_FILES: dict[str, list[str]] = {
     "tuxpaint": [
         "<category>/.../<name>.png with <name>.txt beside it (Debian package tuxpaint-stamps-default, read"
@@ -92,6 +93,8 @@ def _first_line(path: Path) -> str:
 def _select(queries: list[Sample], keys: dict[str, str], split: str, limit: int | None, test_size: int):
     if split == "test":
         queries = sorted(queries, key=lambda s: _sha(keys[s.id]))[:test_size]
+    elif split == "train":
+        queries = sorted(queries, key=lambda s: _sha(keys[s.id]))[test_size:]
     return queries[:limit] if limit is not None else queries
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from vretrver.engines.base import Engine
 
-ENGINE_KINDS = ("hf", "vllm", "openai")
+ENGINE_KINDS = ("hf", "vllm", "openai", "oracle")
 
 
 def make_engine(kind: str, model: str, **kw: Any) -> Engine:
@@ -17,6 +17,9 @@ def make_engine(kind: str, model: str, **kw: Any) -> Engine:
     * ``"vllm"``: :class:`~vretrver.engines.vllm_engine.VLLMEngine` (vLLM offline); ``model`` as above.
     * ``"openai"``: :class:`~vretrver.engines.openai_engine.OpenAIEngine`; ``model`` is the served model
       name and ``base_url`` (keyword, or ``$OPENAI_BASE_URL``) the server, e.g. ``http://host:8000/v1``.
+    * ``"oracle"``: :class:`~vretrver.engines.oracle.OracleEngine`, a rule-based teacher writing synthetic
+      trajectories from the ground truth (``samples=`` keyword); ``model`` is the student checkpoint whose
+      crop convention it follows, or any name.
 
     Other keywords go to the engine's constructor.
     """
@@ -38,4 +41,8 @@ def make_engine(kind: str, model: str, **kw: Any) -> Engine:
                 "make_engine('openai', ...): needs base_url= (or $OPENAI_BASE_URL), e.g. http://localhost:8000/v1"
             )
         return OpenAIEngine(base_url, model, **kw)
+    if k == "oracle":
+        from vretrver.engines.oracle import OracleEngine
+
+        return OracleEngine(model, **kw)
     raise ValueError(f"unknown engine kind {kind!r}: expected one of {', '.join(ENGINE_KINDS)}")

@@ -5,7 +5,11 @@
 * :mod:`~vretrver.sft.filter`: the rule filter and per-task statistics;
 * :mod:`~vretrver.sft.records`: the trajectory record format shared with the LLaMA-Factory export;
 * :mod:`~vretrver.sft.coordinates`: crop-box conversion between model families;
-* :mod:`~vretrver.sft.scripted`: an engine that replays prepared turns (tests, dry runs).
+* :mod:`~vretrver.sft.scripted`: an engine that replays prepared turns (tests, dry runs);
+* :mod:`~vretrver.sft.pipeline`: the per-stage numbers of a run of ``local_scripts/run_pipeline.sh``.
+
+The rule-based teacher (``--engine oracle``, synthetic trajectories from the ground truth) is
+:mod:`vretrver.engines.oracle`.
 
 The export itself lives in :mod:`vretrver.integrations.llamafactory`.
 """
