@@ -99,23 +99,12 @@ def _duration(s: float) -> str:
 
 def dry_run(cfg: EvalConfig, rate: float | None = None, progress: bool = False) -> str:
     """The table of a run's size and estimated time, as text (nothing is written, no model loaded)."""
-    from vretrver.benchmarks.registry import load_benchmark
-    from vretrver.evaluate import POOL_BENCHMARKS
+    from vretrver.evaluate import load_tasks
 
     cfg.check()
     if rate is not None and not rate > 0:
         raise ValueError(f"--rate must be > 0 episodes/s, got {rate}")
-    reader_args = dict(cfg.reader_args)
-    if cfg.benchmark in POOL_BENCHMARKS:
-        reader_args.update(pool=cfg.pool, progress=progress, instruction=cfg.instruction)
-    tasks = load_benchmark(
-        cfg.benchmark,
-        data_root=cfg.data_root,
-        tasks=cfg.tasks,
-        split=cfg.split,
-        limit=cfg.limit,
-        **reader_args,
-    )
+    tasks = load_tasks(cfg, progress)
     plans = [plan_task(t, cfg) for t in tasks]
     r = rate if rate is not None else ASSUMED_RATE
     head = f"{'task':<28} {'queries':>9} {'windows':>10} {'model calls <=':>15} {'image decodes':>14} {'time':>9}"

@@ -848,6 +848,23 @@ def score_runs(task: TaskData, runs: dict[str, list[str]], benchmark: str) -> Ta
     return score_task(expanded, positives, ks, map_ks, recall_positives=targets)
 
 
+def load_tasks(cfg: EvalConfig, progress: bool = False) -> list[TaskData]:
+    """The benchmark's tasks as a run's settings ask for them (pool, instruction, reader options)."""
+    from vretrver.benchmarks.registry import load_benchmark
+
+    reader_args = dict(cfg.reader_args)
+    if cfg.benchmark in POOL_BENCHMARKS:
+        reader_args.update(pool=cfg.pool, progress=progress, instruction=cfg.instruction)
+    return load_benchmark(
+        cfg.benchmark,
+        data_root=cfg.data_root,
+        tasks=cfg.tasks,
+        split=cfg.split,
+        limit=cfg.limit,
+        **reader_args,
+    )
+
+
 def evaluate(
     cfg: EvalConfig, out: str | os.PathLike, progress: bool = True, engine: Engine | None = None
 ) -> tuple[Path, dict[str, Any]]:
@@ -856,22 +873,10 @@ def evaluate(
     ``engine``: an engine to rerank with instead of building one from ``cfg`` (not closed here);
     ``cfg.reranker`` must still name its checkpoint, which identifies the results.
     """
-    from vretrver.benchmarks.registry import load_benchmark
-
     cfg.check()
     if engine is not None and not cfg.reranker:
         raise ValueError("evaluate(engine=...): set cfg.reranker to the engine's checkpoint")
-    reader_args = dict(cfg.reader_args)
-    if cfg.benchmark in POOL_BENCHMARKS:
-        reader_args.update(pool=cfg.pool, progress=progress, instruction=cfg.instruction)
-    tasks = load_benchmark(
-        cfg.benchmark,
-        data_root=cfg.data_root,
-        tasks=cfg.tasks,
-        split=cfg.split,
-        limit=cfg.limit,
-        **reader_args,
-    )
+    tasks = load_tasks(cfg, progress)
     out = result_dir(out, cfg)
     atomic_write_text(
         out / "config.json", json.dumps({"fingerprint": cfg.fingerprint(), **cfg.public_dict()}, indent=2)
