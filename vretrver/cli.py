@@ -13,7 +13,7 @@ from pathlib import Path
 BENCHMARKS = ("mbeir", "tuxpaint", "circo", "genecis", "visdial", "vist", "mtfiq", "heldout")
 
 
-def _json_object(text: str | None, flag: str, example: str) -> dict:
+def json_object_option(text: str | None, flag: str, example: str = '{"key": 1}') -> dict:
     """The JSON object an option holds ({} when not given); a clear exit naming the option otherwise."""
     if not text:
         return {}
@@ -27,12 +27,12 @@ def _json_object(text: str | None, flag: str, example: str) -> dict:
 
 
 def _engine_args(ns: argparse.Namespace) -> dict:
-    return _json_object(getattr(ns, "engine_args", None), "--engine-args", '{"device": "cuda"}')
+    return json_object_option(getattr(ns, "engine_args", None), "--engine-args", '{"device": "cuda"}')
 
 
 def _reader_args(ns: argparse.Namespace) -> dict:
     """``--reader-args`` JSON merged with the reader options that have their own flag."""
-    args = _json_object(ns.reader_args, "--reader-args", '{"rounds": 3}')
+    args = json_object_option(ns.reader_args, "--reader-args", '{"rounds": 3}')
     for key, flag in (("image_dir", "image-dir"), ("category", "category"), ("vg_dir", "vg-dir")):
         value = getattr(ns, key)
         if value is not None:

@@ -17,17 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def _json_object(text: str | None, flag: str) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise SystemExit(f"{flag}: expected a JSON object ({e.msg})") from None
-    if not isinstance(obj, dict):
-        raise SystemExit(f"{flag}: expected a JSON object")
-    return obj
+from vretrver.cli import json_object_option
 
 
 def _task_caps(text: str | None) -> int | dict[str, int] | None:
@@ -200,7 +190,7 @@ def _load_samples(ns: argparse.Namespace):
 def _make_engine(ns: argparse.Namespace, samples: list[Any] | None = None):
     from vretrver.engines.factory import make_engine
 
-    kw = _json_object(ns.engine_args, "--engine-args")
+    kw = json_object_option(ns.engine_args, "--engine-args")
     if ns.engine == "oracle":  # it answers from the ground truth of the very samples it runs on
         kw = {"samples": samples, "profile": ns.profile, "max_tool_calls": ns.max_tool_calls, **kw}
         kw.setdefault("seed", ns.seed)
