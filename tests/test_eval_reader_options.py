@@ -171,7 +171,7 @@ def test_bad_reader_arguments_name_the_reader_and_what_it_takes(circo, tmp_path,
     code, _, err = run_cli([*base, "--image-dir", str(tmp_path)], capsys)
     assert code == 2 and "Traceback" not in err
     assert err.strip() == (
-        "error: circo: reader vretrver.benchmarks.zeroshot.load_circo takes no argument 'image_dir';"
+        "error: circo: reader vretrver.benchmarks.circo.load_circo takes no argument 'image_dir';"
         " it accepts: none"
     )
     code, _, err = run_cli(

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-BENCHMARKS = ("mbeir", "tuxpaint", "circo", "genecis", "visdial", "vist", "mtfiq", "heldout")
+from vretrver.benchmarks.registry import names as benchmark_names
 
 
 def json_object_option(text: str | None, flag: str, example: str = '{"key": 1}') -> dict:
@@ -30,14 +30,26 @@ def _engine_args(ns: argparse.Namespace) -> dict:
     return json_object_option(getattr(ns, "engine_args", None), "--engine-args", '{"device": "cuda"}')
 
 
+def reader_flags() -> dict[str, str]:
+    """Reader arguments with a flag of their own (``image_dir`` -> ``--image-dir``), from the benchmark
+    specs: argument -> help (the help of every benchmark that takes it)."""
+    from vretrver.benchmarks.registry import specs
+
+    flags: dict[str, list[str]] = {}
+    for spec in specs():
+        for arg, text in spec.reader_options.items():
+            flags.setdefault(arg, []).append(text)
+    return {arg: "; ".join(texts) for arg, texts in flags.items()}
+
+
 def _reader_args(ns: argparse.Namespace) -> dict:
     """``--reader-args`` JSON merged with the reader options that have their own flag."""
     args = json_object_option(ns.reader_args, "--reader-args", '{"rounds": 3}')
-    for key, flag in (("image_dir", "image-dir"), ("category", "category"), ("vg_dir", "vg-dir")):
-        value = getattr(ns, key)
+    for key in reader_flags():
+        value = getattr(ns, key, None)
         if value is not None:
             if key in args and args[key] != value:
-                raise SystemExit(f"--{flag} and --reader-args set {key!r} differently")
+                raise SystemExit(f"--{key.replace('_', '-')} and --reader-args set {key!r} differently")
             args[key] = value
     return args
 
@@ -135,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("eval", help="score a first stage (and a reranker) on a benchmark; print the tables")
-    p.add_argument("--benchmark", required=True, choices=BENCHMARKS)
+    p.add_argument("--benchmark", required=True, choices=benchmark_names())
     p.add_argument("--tasks", help="comma-separated task names (default: all of the benchmark)")
     p.add_argument("--data-root", help="the unpacked benchmark folder (not needed for tuxpaint)")
     p.add_argument("--split", help="benchmark split (default: the evaluation split)")
@@ -154,9 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="M-BEIR query instruction: 'first' of the task's list (default) or 'random[:SEED]', one drawn "
         "per query as LamRA does, seeded (default seed 0) so runs repeat",
     )
-    p.add_argument("--image-dir", help="mtfiq: the FashionIQ image folder (default: DATA_ROOT/images)")
-    p.add_argument("--category", help="mtfiq: all (default) | dress | shirt | toptee")
-    p.add_argument("--vg-dir", help="genecis: the Visual Genome 1.2 image folder to cut missing crops from")
+    for arg, text in reader_flags().items():
+        p.add_argument(f"--{arg.replace('_', '-')}", help=text)
     p.add_argument(
         "--reader-args",
         help="more keyword arguments for the benchmark reader as JSON, e.g. '{\"rounds\": 3}' (visdial) or "
@@ -172,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reranker", default="none", help="checkpoint folder or hub id, 'tiny', or 'none' (default)"
     )
     p.add_argument("--top-n", type=int, help="candidates to rerank (default: 50; 10 for the zero-shot sets)")
-    p.add_argument("--window", type=int, default=20)
+    p.add_argument(
+        "--window", type=int, help="candidates per reranking window (default: the benchmark's, 20)"
+    )
     p.add_argument("--stride", type=int, default=10)
     p.add_argument(
         "--window-mode",

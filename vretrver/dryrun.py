@@ -49,10 +49,10 @@ def _windows(n: int, cfg: EvalConfig) -> int:
     n = min(n, top_n)
     if cfg.window_mode == "official":
         return sum(
-            official_window_applies(s, cfg.window, n)
-            for s in official_window_starts(top_n, cfg.window, cfg.stride)
+            official_window_applies(s, cfg.resolved_window(), n)
+            for s in official_window_starts(top_n, cfg.resolved_window(), cfg.stride)
         )
-    return len(window_starts(n, cfg.window, cfg.stride))
+    return len(window_starts(n, cfg.resolved_window(), cfg.stride))
 
 
 def plan_task(task: TaskData, cfg: EvalConfig) -> TaskPlan:
@@ -134,7 +134,7 @@ def dry_run(cfg: EvalConfig, rate: float | None = None, progress: bool = False) 
         cfg.max_tool_calls if cfg.max_tool_calls is not None else load_profile(cfg.profile).max_tool_calls
     )
     out.append(
-        f"top-N {cfg.resolved_top_n()}, window {cfg.window}, stride {cfg.stride} ({cfg.window_mode}); "
+        f"top-N {cfg.resolved_top_n()}, window {cfg.resolved_window()}, stride {cfg.stride} ({cfg.window_mode}); "
         f"model calls: each window up to {budget} tool call(s) and an answer."
     )
     if any(not p.lists_known for p in plans):

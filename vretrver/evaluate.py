@@ -47,6 +47,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from vretrver.benchmarks import registry
+from vretrver.benchmarks.registry import find_spec
 from vretrver.engines.base import Engine, GenerationConfig
 from vretrver.images import check_readable
 from vretrver.jsonl import dumps_line, read_appended
@@ -57,11 +59,7 @@ from vretrver.samples import Sample, SampleError, TaskData, atomic_write_text, w
 if TYPE_CHECKING:
     from vretrver.rerank import RerankConfig, WindowedResult
 
-ZERO_SHOT = ("circo", "genecis", "visdial", "vist", "mtfiq")
-# CIRCO's evaluation server scores the top 50 of each query, and its local mAP goes up to @50.
-CIRCO_DEPTH = 50
 # Settings that do not change results: left out of the fingerprint.
-POOL_BENCHMARKS = ("mbeir", "heldout")  # the benchmarks with a choice of candidate pool
 _PLUMBING = (
     "engine_args",
     "chunk_queries",
@@ -112,8 +110,10 @@ class EvalConfig:
     engine: str = "hf"  # hf | vllm | openai
     engine_args: dict[str, Any] = field(default_factory=dict)
     profile: str = "v-retrver"
-    top_n: int | None = None  # default: 50 for M-BEIR-style tasks, 10 for the zero-shot sets
-    window: int = 20
+    top_n: int | None = (
+        None  # default: the benchmark's (50 for M-BEIR-style tasks, 10 for the zero-shot sets)
+    )
+    window: int | None = None  # default: the benchmark's (20)
     stride: int = 10
     window_mode: str = "ours"  # ours | official: the release's fixed windows and answer rules (rerank.py)
     max_tool_calls: int | None = None
@@ -135,12 +135,20 @@ class EvalConfig:
     def resolved_top_n(self) -> int:
         if self.top_n is not None:
             return self.top_n
-        return 10 if self.benchmark in ZERO_SHOT else 50
+        spec = find_spec(self.benchmark)
+        return spec.top_n if spec is not None else 50
+
+    def resolved_window(self) -> int:
+        if self.window is not None:
+            return self.window
+        spec = find_spec(self.benchmark)
+        return spec.window if spec is not None else 20
 
     def fingerprint(self) -> str:
         """Hash of every setting that changes results (not engine plumbing, caches or chunk sizes)."""
         keep = {k: v for k, v in asdict(self).items() if k not in _PLUMBING}
         keep["top_n"] = self.resolved_top_n()
+        keep["window"] = self.resolved_window()
         # Settings added later enter the hash only when set, so earlier result folders keep theirs.
         for k, default in (
             ("instruction", "first"),
@@ -158,7 +166,9 @@ class EvalConfig:
 
     def check(self) -> None:
         """Reject settings that cannot work before anything is loaded."""
-        for name in ("window", "stride", "chunk_queries", "max_new_tokens", "max_inflight"):
+        if self.resolved_window() < 1:
+            raise ValueError(f"window must be >= 1, got {self.window}")
+        for name in ("stride", "chunk_queries", "max_new_tokens", "max_inflight"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.top_n is not None and self.top_n < 1:
@@ -167,30 +177,29 @@ class EvalConfig:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
         if self.ray_workers is not None and self.ray_workers < 1:
             raise ValueError(f"ray-workers must be >= 1, got {self.ray_workers}")
+        pool_benchmarks = registry.pool_benchmarks()
         if self.pool != "local" and (
-            self.benchmark not in POOL_BENCHMARKS or self.pool not in ("global", "lamra-global")
+            self.benchmark not in pool_benchmarks or self.pool not in ("global", "lamra-global")
         ):
             raise ValueError(
-                f"pool must be 'local' or, for {' / '.join(POOL_BENCHMARKS)}, 'global' or 'lamra-global';"
+                f"pool must be 'local' or, for {' / '.join(pool_benchmarks)}, 'global' or 'lamra-global';"
                 f" got {self.pool!r}"
             )
         if self.instruction != "first":
-            if self.benchmark not in POOL_BENCHMARKS:
+            if self.benchmark not in pool_benchmarks:
                 raise ValueError(
-                    f"--instruction applies to {' / '.join(POOL_BENCHMARKS)} (the zero-shot sets have one"
+                    f"--instruction applies to {' / '.join(pool_benchmarks)} (the zero-shot sets have one"
                     f" instruction each); got {self.instruction!r} for {self.benchmark}"
                 )
             from vretrver.benchmarks.mbeir import instruction_picker
 
             instruction_picker(self.instruction)
         own = {"pool": "--pool", "instruction": "--instruction", "progress": "--quiet"}
-        clash = [k for k in self.reader_args if k in own and self.benchmark in POOL_BENCHMARKS]
+        clash = [k for k in self.reader_args if k in own and self.benchmark in pool_benchmarks]
         if clash:
             raise ValueError(f"--reader-args: set {clash[0]!r} with {own[clash[0]]}, not here")
-        from vretrver.benchmarks.registry import check_reader_args
-
         if self.reader_args:  # in-memory tasks (the single-query command) have no reader
-            check_reader_args(self.benchmark, self.reader_args)
+            registry.check_reader_args(self.benchmark, self.reader_args)
         if self.retriever.startswith("precomputed:") and not self.retriever.split(":", 1)[1]:
             raise ValueError("--retriever precomputed:PATH needs a path")
         from vretrver.rerank import SCHEDULERS, WINDOW_MODES
@@ -223,6 +232,7 @@ class EvalConfig:
     def public_dict(self) -> dict[str, Any]:
         """The settings as written to config.json and summary.json (secrets in engine_args masked)."""
         d = asdict(self)
+        d["window"] = self.resolved_window()
         d["engine_args"] = {
             k: ("***" if any(w in k.lower() for w in _SECRET_WORDS) else v)
             for k, v in self.engine_args.items()
@@ -371,11 +381,10 @@ def _read_rows(path: Path, consequence: str = "") -> tuple[list[dict[str, Any]],
 
 
 def depth_of(task: TaskData, cfg: EvalConfig) -> int:
-    """How many first-stage candidates a query keeps: top-N, at least 50 for CIRCO (mAP@50, submission)."""
-    top_n = cfg.resolved_top_n()
-    if task.meta.get("submission_only") or task.name.startswith("circo"):
-        return max(top_n, CIRCO_DEPTH)
-    return top_n
+    """How many first-stage candidates a query keeps: top-N, or more where the benchmark scores or submits
+    deeper (CIRCO: 50, for mAP@50 and its server)."""
+    spec = registry.spec_of_task(task.name, cfg.benchmark)
+    return max(cfg.resolved_top_n(), spec.min_depth if spec is not None else 0)
 
 
 def first_stage_runs(
@@ -510,7 +519,7 @@ def rerank_config(cfg: EvalConfig) -> RerankConfig:
     return RerankConfig(
         profile=cfg.profile,
         max_tool_calls=cfg.max_tool_calls,
-        window=cfg.window,
+        window=cfg.resolved_window(),
         stride=cfg.stride,
         top_n=cfg.resolved_top_n(),
         window_mode=cfg.window_mode,
@@ -825,11 +834,8 @@ def _with_candidates(q: Sample, ranked: list[tuple[str, float]], task: TaskData)
 
 
 def _ks(task: TaskData, benchmark: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    if benchmark == "genecis" or task.name.startswith("genecis"):
-        return (1, 2, 3), ()
-    if benchmark == "circo" or task.name.startswith("circo"):
-        return (1, 5, 10, 25, 50), (5, 10, 25, 50)  # CIRCO's own ranks, plus R@1
-    return (1, 5, 10), ()
+    spec = registry.spec_of_task(task.name, benchmark)
+    return (spec.ks, spec.map_ks) if spec is not None else ((1, 5, 10), ())
 
 
 def score_runs(task: TaskData, runs: dict[str, list[str]], benchmark: str) -> TaskScore:
@@ -853,7 +859,7 @@ def load_tasks(cfg: EvalConfig, progress: bool = False) -> list[TaskData]:
     from vretrver.benchmarks.registry import load_benchmark
 
     reader_args = dict(cfg.reader_args)
-    if cfg.benchmark in POOL_BENCHMARKS:
+    if registry.get_spec(cfg.benchmark).pool_options:
         reader_args.update(pool=cfg.pool, progress=progress, instruction=cfg.instruction)
     return load_benchmark(
         cfg.benchmark,
@@ -928,10 +934,11 @@ def evaluate(
             else:
                 write_trec(out / "runs" / f"{task.name}.trec", fs, "first_stage")
             if task.meta.get("submission_only"):
-                from vretrver.benchmarks.zeroshot import write_circo_submission
-
+                spec = registry.spec_of_task(task.name, cfg.benchmark)
+                if spec is None or spec.write_submission is None:
+                    raise ValueError(f"{task.name}: labels are private, and no submission format is known")
                 sub = out / f"{task.name}_submission.json"
-                write_circo_submission(sub, final, query_ids=[q.id for q in task.queries], k=CIRCO_DEPTH)
+                spec.write_submission(sub, final, [q.id for q in task.queries])
                 submissions[task.name] = str(sub)
                 continue
             fs_score = score_runs(task, fs_ids, cfg.benchmark)

@@ -39,19 +39,6 @@ MBEIR_TASKS: tuple[str, ...] = (
     "infoseek_task8",
 )
 
-# The number each paper table reports per task; anything not listed reports R@5 (see paper_metric).
-PAPER_METRIC: dict[str, str] = {
-    **{t: "R@5" for t in MBEIR_TASKS},
-    "fashion200k_task0": "R@10",
-    "fashion200k_task3": "R@10",
-    "fashioniq_task7": "R@10",
-    "circo": "mAP@5",
-    "genecis": "R@1",  # and every genecis_<subtask>
-    "visdial": "R@1",
-    "vist": "R@1",
-    "mtfiq": "R@5",
-}
-
 # Paper numbers (percent, as printed) for the result tables. M-BEIR: local pools, top-50 reranked.
 PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
     "mbeir": {
@@ -95,12 +82,10 @@ PAPER_RESULTS: dict[str, dict[str, dict[str, float]]] = {
 
 
 def paper_metric(task_name: str) -> str:
-    """The metric the paper reports for a task (GeneCIS subtasks report R@1; unknown tasks R@5)."""
-    if task_name in PAPER_METRIC:
-        return PAPER_METRIC[task_name]
-    if task_name.startswith("genecis"):
-        return PAPER_METRIC["genecis"]
-    return "R@5"
+    """The metric the paper reports for a task, from its benchmark's spec (unknown tasks: R@5)."""
+    from vretrver.benchmarks.registry import paper_metric_of  # the specs read this module's task lists
+
+    return paper_metric_of(task_name)
 
 
 def _check(positives: Iterable[str], k: int) -> set[str]:

@@ -1,9 +1,10 @@
-"""Small helpers shared by the benchmark readers: required-file checks and line-level errors."""
+"""Small helpers shared by the benchmark readers: required-file checks, line-level errors, JSON shapes."""
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,39 @@ def load_json(path: Path) -> Any:
 
 def abspath(root: Path, rel: str) -> str:
     return rel if os.path.isabs(rel) else os.path.join(root, rel)
+
+
+def item(d: Any, where: str, keys: Sequence[str]) -> dict:
+    """``d`` if it is a JSON object holding every key, else a SampleError naming the first missing."""
+    if not isinstance(d, dict):
+        raise bad(where, "<item>", "a JSON object", d)
+    for k in keys:
+        if k not in d:
+            raise bad(where, k, "present")
+    return d
+
+
+def as_list(x: Any, path: Path, what: str) -> list:
+    """``x`` if it is a JSON list (of ``what``), else a SampleError naming the file."""
+    if not isinstance(x, list):
+        raise bad(str(path), "<top level>", f"a JSON list of {what}", type(x).__name__)
+    return x
+
+
+# How a candidate id listed twice is scored: "keep" (default) gives every copy its own rank, as the
+# upstream evaluation (LamRA's, the paper's source) does by embedding the list as is; "drop" scores each
+# id once. See metrics.expand_copies.
+DUPLICATES = ("keep", "drop")
+
+
+def check_duplicates(duplicates: str) -> None:
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates must be one of {DUPLICATES}, got {duplicates!r}")
+
+
+def copies_of(ids: Sequence[str]) -> dict[str, int]:
+    """``{id: n}`` for the ids that occur n > 1 times in ``ids``."""
+    counts: dict[str, int] = {}
+    for i in ids:
+        counts[i] = counts.get(i, 0) + 1
+    return {i: n for i, n in counts.items() if n > 1}

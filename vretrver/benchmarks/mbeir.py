@@ -32,7 +32,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from vretrver.benchmarks.common import bad, get_str, iter_jsonl, require
-from vretrver.metrics import MBEIR_TASKS, paper_metric
+from vretrver.benchmarks.spec import BenchmarkSpec
+from vretrver.metrics import MBEIR_TASKS
 from vretrver.samples import Candidate, Query, Sample, SampleError, TaskData
 
 DATASET_IDS = {
@@ -61,19 +62,25 @@ TASK_CANDIDATE_MODALITY = {
 SPLITS = ("test", "val", "train")
 POOLS = ("local", "global", "lamra-global")
 
-# Paths relative to the data root ({task} e.g. mscoco_task0, {split} test | val | train).
-REQUIRED_FILES: dict[str, list[str]] = {
-    "mbeir": [
-        "query/{split}/mbeir_{task}_{split}.jsonl",
-        "qrels/{split}/mbeir_{task}_{split}_qrels.txt",
-        "cand_pool/local/mbeir_{task}_cand_pool.jsonl  (pool='local'; MSCOCO test: mbeir_mscoco_task0_test_cand_pool.jsonl"
-        " and mbeir_mscoco_task3_test_cand_pool.jsonl)",
-        "cand_pool/global/mbeir_union_{split}_cand_pool.jsonl  (pool='global')",
-        "pool='lamra-global': the 16 local pools above, all of them whatever --tasks picks",
-        "instructions/query_instructions.tsv",
-        "mbeir_images/...  (the image paths named in the jsonl files)",
-    ]
+# Named groups of M-BEIR tasks. "heldout": the paper's held-out-task setting (tasks left out of
+# training); "ablation": the four tasks the training-stage ablation averages over.
+TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    "mbeir": MBEIR_TASKS,
+    "heldout": ("nights_task4", "oven_task6", "oven_task8", "infoseek_task6", "infoseek_task8"),
+    "ablation": ("mscoco_task0", "fashion200k_task3", "cirr_task7", "oven_task6"),
 }
+
+# Paths relative to the data root ({task} e.g. mscoco_task0, {split} test | val | train).
+FILES: tuple[str, ...] = (
+    "query/{split}/mbeir_{task}_{split}.jsonl",
+    "qrels/{split}/mbeir_{task}_{split}_qrels.txt",
+    "cand_pool/local/mbeir_{task}_cand_pool.jsonl  (pool='local'; MSCOCO test: mbeir_mscoco_task0_test_cand_pool.jsonl"
+    " and mbeir_mscoco_task3_test_cand_pool.jsonl)",
+    "cand_pool/global/mbeir_union_{split}_cand_pool.jsonl  (pool='global')",
+    "pool='lamra-global': the 16 local pools above, all of them whatever --tasks picks",
+    "instructions/query_instructions.tsv",
+    "mbeir_images/...  (the image paths named in the jsonl files)",
+)
 
 _TASK_RE = re.compile(r"^([a-z0-9]+)_task(\d+)$")
 
@@ -344,7 +351,7 @@ def load_mbeir(
         if concatenated:
             # LamRA's global index: no candidate_modality filter, every copy of an id ranked.
             meta.update(pool_path=[str(p) for p in local_pools], modality_filter=False, copies=copies)
-        out.append(TaskData(t, queries, cands, metric=paper_metric(t), issues=issues, meta=meta))
+        out.append(TaskData(t, queries, cands, metric=MBEIR.metric_for(t), issues=issues, meta=meta))
     return out
 
 
@@ -360,3 +367,28 @@ def read_concatenated_pools(
             pool.setdefault(c.id, c)
             counts[c.id] = counts.get(c.id, 0) + 1
     return pool, {d: n for d, n in counts.items() if n > 1}
+
+
+# The papers report R@5 on every M-BEIR task but Fashion200K's and FashionIQ's, which report R@10.
+_R10 = {"fashion200k_task0": "R@10", "fashion200k_task3": "R@10", "fashioniq_task7": "R@10"}
+MBEIR = BenchmarkSpec(
+    name="mbeir",
+    description="M-BEIR, the 16 evaluated pairs (local, global or lamra-global pool)",
+    reader=load_mbeir,
+    files=FILES,
+    task_metrics=_R10,
+    tasks=TASK_GROUPS["mbeir"],
+    splits=SPLITS,
+    pool_options=True,
+)
+HELDOUT = BenchmarkSpec(
+    name="heldout",
+    description="M-BEIR held-out tasks: NIGHTS task4, OVEN task6/8, InfoSeek task6/8",
+    reader=load_mbeir,
+    files=FILES,
+    task_metrics=_R10,
+    tasks=TASK_GROUPS["heldout"],
+    splits=SPLITS,
+    pool_options=True,
+)
+SPECS = (MBEIR, HELDOUT)

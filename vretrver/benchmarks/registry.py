@@ -1,73 +1,120 @@
-"""One entry point for every benchmark: ``load_benchmark(name, ...) -> list[TaskData]``."""
+"""Every benchmark by name: ``load_benchmark(name, ...) -> list[TaskData]`` and the specs behind it.
+
+A benchmark is one module of this package that defines ``SPEC`` (or ``SPECS``, a tuple), a
+:class:`~vretrver.benchmarks.spec.BenchmarkSpec`. The modules listed in :data:`BUILTIN` are read on first
+import, in that order (the order of the CLI's choices and of the README's table); :func:`register` adds a
+spec from anywhere else (a plugin, a test).
+"""
 
 from __future__ import annotations
 
-import inspect
+import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from vretrver.benchmarks import mbeir, tuxpaint, zeroshot
-from vretrver.metrics import MBEIR_TASKS
+from vretrver.benchmarks.mbeir import TASK_GROUPS  # noqa: F401  (kept importable from here)
+from vretrver.benchmarks.spec import BenchmarkSpec
 from vretrver.samples import TaskData
 
-# Named groups of M-BEIR tasks. "heldout": the paper's held-out-task setting (tasks left out of
-# training); "ablation": the four tasks the training-stage ablation averages over.
-TASK_GROUPS: dict[str, tuple[str, ...]] = {
-    "mbeir": MBEIR_TASKS,
-    "heldout": ("nights_task4", "oven_task6", "oven_task8", "infoseek_task6", "infoseek_task8"),
-    "ablation": ("mscoco_task0", "fashion200k_task3", "cirr_task7", "oven_task6"),
-}
+# The benchmark modules of this package, in the order they are listed everywhere.
+BUILTIN = ("mbeir", "circo", "genecis", "visdial", "vist", "mtfiq", "tuxpaint")
 
-BENCHMARKS: dict[str, str] = {
-    "tuxpaint": "embedded mini-benchmark from the Tux Paint stamps (text->image, image->text; offline)",
-    "mbeir": "M-BEIR, the 16 evaluated pairs (local, global or lamra-global pool)",
-    "heldout": "M-BEIR held-out tasks: NIGHTS task4, OVEN task6/8, InfoSeek task6/8",
-    "circo": "CIRCO composed image retrieval (val scored locally; test -> submission file)",
-    "genecis": "GeneCIS, four subtasks, each query ranks its own gallery",
-    "visdial": "Visual Dialog v1.0 val, dialog -> image",
-    "vist": "Visual Storytelling (SIS) val, story -> last image",
-    "mtfiq": "multi-turn FashionIQ val, several (image, feedback) rounds -> image",
-}
-
-REQUIRED_FILES: dict[str, list[str]] = {
-    **mbeir.REQUIRED_FILES,
-    **zeroshot.REQUIRED_FILES,
-    **tuxpaint.REQUIRED_FILES,
-}
+_SPECS: dict[str, BenchmarkSpec] = {}
+# Views kept in step with the registry: name -> one-line description, name -> files read.
+BENCHMARKS: dict[str, str] = {}
+REQUIRED_FILES: dict[str, list[str]] = {}
+_loaded = False
 
 
-READERS: dict[str, Callable[..., list[TaskData]]] = {
-    "tuxpaint": tuxpaint.load_tuxpaint,
-    "mbeir": mbeir.load_mbeir,
-    "heldout": mbeir.load_mbeir,
-    "circo": zeroshot.load_circo,
-    "genecis": zeroshot.load_genecis,
-    "visdial": zeroshot.load_visdial,
-    "vist": zeroshot.load_vist,
-    "mtfiq": zeroshot.load_mtfiq,
-}
-# Reader parameters that load_benchmark fills itself from its own arguments.
-_COMMON = ("data_root", "tasks", "split", "limit")
+def register(spec: BenchmarkSpec, replace: bool = False) -> BenchmarkSpec:
+    """Add a benchmark; its name becomes a ``--benchmark`` choice. Returns the spec."""
+    _load_builtin()
+    if spec.name in _SPECS and not replace and _SPECS[spec.name] is not spec:
+        raise ValueError(f"benchmark {spec.name!r} is registered already")
+    _add(spec)
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a benchmark added with :func:`register` (tests clean up with it)."""
+    _SPECS.pop(name, None)
+    BENCHMARKS.pop(name, None)
+    REQUIRED_FILES.pop(name, None)
+
+
+def _add(spec: BenchmarkSpec) -> None:
+    _SPECS[spec.name] = spec
+    BENCHMARKS[spec.name] = spec.description
+    REQUIRED_FILES[spec.name] = list(spec.files)
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for name in BUILTIN:
+        module = importlib.import_module(f"vretrver.benchmarks.{name}")
+        for spec in getattr(module, "SPECS", None) or (module.SPEC,):
+            _add(spec)
+
+
+def specs() -> list[BenchmarkSpec]:
+    """Every registered benchmark, built-in ones first, in registration order."""
+    _load_builtin()
+    return list(_SPECS.values())
+
+
+def names() -> list[str]:
+    return [s.name for s in specs()]
+
+
+def get_spec(name: str) -> BenchmarkSpec:
+    _load_builtin()
+    if name not in _SPECS:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(_SPECS)}")
+    return _SPECS[name]
+
+
+def find_spec(name: str | None) -> BenchmarkSpec | None:
+    """The spec of a registered benchmark, or None (in-memory tasks, e.g. the single-query command)."""
+    _load_builtin()
+    return _SPECS.get(name) if name else None
+
+
+def spec_of_task(task: str, benchmark: str | None = None) -> BenchmarkSpec | None:
+    """The spec a task belongs to: ``benchmark``'s own if it has the task, else the first that has it."""
+    own = find_spec(benchmark)
+    if own is not None and own.has_task(task):
+        return own
+    return next((s for s in specs() if s.has_task(task)), own)
+
+
+def paper_metric_of(task: str) -> str:
+    """The metric the paper reports for a task (R@5 for tasks no benchmark claims)."""
+    spec = spec_of_task(task)
+    return spec.metric_for(task) if spec is not None else "R@5"
+
+
+def zero_shot() -> tuple[str, ...]:
+    """The paper's zero-shot sets."""
+    return tuple(s.name for s in specs() if s.zero_shot)
+
+
+def pool_benchmarks() -> tuple[str, ...]:
+    """The benchmarks with a choice of candidate pool and instruction (--pool, --instruction)."""
+    return tuple(s.name for s in specs() if s.pool_options)
 
 
 def reader_arguments(name: str) -> list[str]:
     """The keyword arguments a benchmark's reader takes beyond data root, tasks, split and limit."""
-    if name not in READERS:
-        raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}")
-    return [p for p in inspect.signature(READERS[name]).parameters if p not in _COMMON]
+    return get_spec(name).reader_arguments()
 
 
 def check_reader_args(name: str, kw: Mapping[str, Any]) -> None:
     """Reject reader arguments the benchmark's reader does not take, naming the reader and what it takes."""
-    accepted = reader_arguments(name)
-    unknown = sorted(set(kw) - set(accepted))
-    if unknown:
-        reader = READERS[name]
-        raise ValueError(
-            f"{name}: reader {reader.__module__}.{reader.__name__} takes no argument {', '.join(map(repr, unknown))};"
-            f" it accepts: {', '.join(accepted) or 'none'}"
-        )
+    get_spec(name).check_reader_args(kw)
 
 
 def load_benchmark(
@@ -82,35 +129,22 @@ def load_benchmark(
     labels are public); ``limit`` keeps the first N queries per task; ``kw`` goes to the reader
     (e.g. ``pool="global"`` for M-BEIR, ``rounds=`` for visdial, ``category=`` for mtfiq; see
     :func:`reader_arguments`); an argument the reader does not take is an error that lists those it does."""
-    if name not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {name!r}; choose from {sorted(BENCHMARKS)}")
-    check_reader_args(name, kw)
-    if name == "tuxpaint":
-        return tuxpaint.load_tuxpaint(data_root, tasks, split or "test", limit, **kw)
-    if data_root is None:
-        wanted = "\n".join(f"  {p}" for p in REQUIRED_FILES["mbeir" if name == "heldout" else name])
-        raise ValueError(f"{name}: pass data_root, the folder that holds:\n{wanted}")
-    if name in ("mbeir", "heldout"):
-        return mbeir.load_mbeir(data_root, tasks or TASK_GROUPS[name], split or "test", limit=limit, **kw)
-    if name == "genecis":
-        _no_split(name, split, ("val",))
-        return zeroshot.load_genecis(data_root, tasks, limit, **kw)
-    _no_tasks(name, tasks)
-    if name == "circo":
-        return zeroshot.load_circo(data_root, split or "val", limit, **kw)
-    if name == "visdial":
-        _no_split(name, split, ("val",))
-        return zeroshot.load_visdial(data_root, limit=limit, **kw)
-    if name == "vist":
-        return zeroshot.load_vist(data_root, split or "val", limit, **kw)
-    return zeroshot.load_mtfiq(data_root, split or "val", limit=limit, **kw)
+    return get_spec(name).load(data_root, tasks, split, limit, **kw)
 
 
-def _no_split(name: str, split: str | None, allowed: tuple[str, ...]) -> None:
-    if split is not None and split not in allowed:
-        raise ValueError(f"{name} has only the split(s) {allowed}, got {split!r}")
+def files_table() -> str:
+    """The README's table of the files each benchmark reads (a benchmark reading another's files, as the
+    held-out tasks read M-BEIR's, is left out)."""
+    rows = ["| benchmark | files read |", "|---|---|"]
+    seen: list[tuple[str, ...]] = []
+    for s in specs():
+        if s.files in seen:
+            continue
+        seen.append(s.files)
+        cells = "<br>".join(f"`{f.replace('|', chr(92) + '|')}`" for f in s.files)
+        rows.append(f"| {s.name} | {cells} |")
+    return "\n".join(rows)
 
 
-def _no_tasks(name: str, tasks: Any) -> None:
-    if tasks and list(tasks) != [name]:
-        raise ValueError(f"{name} has one task, {name!r}; got tasks={tasks!r}")
+# Benchmark modules import the spec class, never this module, so they can be read here at once.
+_load_builtin()

@@ -20,19 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vretrver.benchmarks.common import MissingDataError
-from vretrver.metrics import paper_metric
+from vretrver.benchmarks.spec import BenchmarkSpec
 from vretrver.samples import Candidate, Query, Sample, TaskData
 
 DEFAULT_ROOT = Path("/usr/share/tuxpaint/stamps")
 INSTALL_COMMAND = "sudo apt-get install -y --no-install-recommends tuxpaint-stamps-default"
 TASKS = ("tuxpaint_t2i", "tuxpaint_i2t")
 SPLITS = ("test", "train", "full")
-REQUIRED_FILES: dict[str, list[str]] = {
-    "tuxpaint": [
-        "<category>/.../<name>.png with <name>.txt beside it (Debian package tuxpaint-stamps-default, read"
-        f" in place from {DEFAULT_ROOT}; install: {INSTALL_COMMAND})"
-    ]
-}
 
 
 @dataclass(frozen=True)
@@ -142,7 +136,7 @@ def load_tuxpaint(
             for c, keys_ in by_caption.items()
         ]
         queries = _select(queries, keys, split, limit, test_size)
-        out.append(TaskData("tuxpaint_t2i", queries, images, paper_metric("tuxpaint_t2i"), {}, dict(meta)))
+        out.append(TaskData("tuxpaint_t2i", queries, images, SPEC.metric_for("tuxpaint_t2i"), {}, dict(meta)))
     if "tuxpaint_i2t" in tasks:
         queries = [
             Sample(
@@ -156,5 +150,21 @@ def load_tuxpaint(
             for p in pairs
         ]
         queries = _select(queries, {p.key: p.key for p in pairs}, split, limit, test_size)
-        out.append(TaskData("tuxpaint_i2t", queries, captions, paper_metric("tuxpaint_i2t"), {}, dict(meta)))
+        out.append(
+            TaskData("tuxpaint_i2t", queries, captions, SPEC.metric_for("tuxpaint_i2t"), {}, dict(meta))
+        )
     return out
+
+
+SPEC = BenchmarkSpec(
+    name="tuxpaint",
+    description="embedded mini-benchmark from the Tux Paint stamps (text->image, image->text; offline)",
+    reader=load_tuxpaint,
+    files=(
+        "<category>/.../<name>.png with <name>.txt beside it (Debian package tuxpaint-stamps-default, read"
+        f" in place from {DEFAULT_ROOT}; install: {INSTALL_COMMAND})",
+    ),
+    tasks=TASKS,
+    splits=SPLITS,
+    needs_data_root=False,
+)
