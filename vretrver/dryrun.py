@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from vretrver.evaluate import EvalConfig
+    from vretrver.evaluation.config import EvalConfig
     from vretrver.samples import TaskData
 
 # Episodes per second assumed when --rate is not given. Not a measurement: an estimate for a 7B
@@ -57,7 +57,8 @@ def _windows(n: int, cfg: EvalConfig) -> int:
 
 def plan_task(task: TaskData, cfg: EvalConfig) -> TaskPlan:
     """The counts of one task (queries deduplicated and empty ones dropped, as the run does)."""
-    from vretrver.evaluate import dedupe_queries, drop_empty_queries, precomputed_path
+    from vretrver.evaluation.first_stage import precomputed_path
+    from vretrver.evaluation.inputs import dedupe_queries, drop_empty_queries
     from vretrver.protocol import load_profile
 
     task = drop_empty_queries(dedupe_queries(task))
@@ -99,7 +100,7 @@ def _duration(s: float) -> str:
 
 def dry_run(cfg: EvalConfig, rate: float | None = None, progress: bool = False) -> str:
     """The table of a run's size and estimated time, as text (nothing is written, no model loaded)."""
-    from vretrver.evaluate import load_tasks
+    from vretrver.evaluation.run import load_tasks
 
     cfg.check()
     if rate is not None and not rate > 0:
