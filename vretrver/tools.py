@@ -1,8 +1,10 @@
-"""The two visual tools: ``select_images`` and ``crop_image``.
+"""The built-in visual tools, ``select_images`` and ``crop_image``, their records in the tool registry
+(:mod:`vretrver.tool_registry`, re-exported here), and the dispatch of a parsed call to its tool.
 
-Pure functions over the images of one sample: image index 0 is the query image, index k is candidate k's
-image. A tool returns a :class:`ToolResult` with images, or with a short error text; it never raises on
-model output, and model output never becomes a file path (only an index into the sample's own images).
+Tools are pure functions over the images of one sample: image index 0 is the query image, index k is
+candidate k's image. A tool returns a :class:`ToolResult` with images, or with a short error text; it never
+raises on model output, and model output never becomes a file path (only an index into the sample's own
+images).
 
 Crop coordinates follow the model family (:attr:`ToolConfig.coordinates`):
 
@@ -16,29 +18,42 @@ cropped from the original image, and the crop is smart-resized to multiples of 2
 
 ``ToolConfig.dialect`` (set from the prompt profile) says whose tool server the tools imitate: ``v-retrver``
 (ours: tolerant reading of the call, at most ``max_select`` distinct images, our error texts) or
-``official`` (the public release's server, restated in :func:`_official_call`, :func:`_official_select`
-and :func:`_official_crop`: strict JSON, its checks in its order, its error texts, any number of
-images, repeats kept, and its crop geometry: boxes in pixels of the image file, clamped rather than
-rejected). The resizing of returned images is ours in both.
+``official`` (the public release's server, restated in :mod:`vretrver.tools_official`: strict JSON, its
+checks in its order, its error texts, any number of images, repeats kept, and its crop geometry: boxes in
+pixels of the image file, clamped rather than rejected; it knows only the release's two tools). The
+resizing of returned images is ours in both.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from vretrver.images import load_image, to_rgb  # noqa: F401 - re-exported for older imports
-from vretrver.protocol.conversation import ImageLike
-from vretrver.protocol.parser import ToolCall
+from vretrver.tool_registry import (  # noqa: F401 - the registry's names, re-exported
+    _REGISTRY,
+    CallCaption,
+    Tool,
+    ToolCaption,
+    ToolError,
+    describe_call,
+    function_schema,
+    get_tool,
+    register_tool,
+    registered_tools,
+    unregister_tool,
+)
+
+if TYPE_CHECKING:  # at run time the protocol package imports this module (profiles read the registry)
+    from vretrver.protocol.conversation import ImageLike
+    from vretrver.protocol.parser import ToolCall
 
 COORDINATES = ("qwen2.5-vl", "qwen3-vl")
-TOOL_NAMES = ("select_images", "crop_image")
+TOOL_NAMES = ("select_images", "crop_image")  # the built-in tools, the default set a call may use
 DIALECTS = ("v-retrver", "official")
 # Boxes may overshoot the image edge by this fraction before they count as outside it (then clamped).
 EDGE_TOLERANCE = 0.05
@@ -161,6 +176,11 @@ class _Images:
         return self._cache[idx], None
 
 
+# The name tools are written against: ``len(table)``, ``table.has(index)``, ``table.get(index)`` ->
+# ``(image, None)`` or ``(None, error text)``.
+ImageTable = _Images
+
+
 def _error(tool: str | None, msg: str) -> ToolResult:
     return ToolResult(tool=tool, valid=False, error=msg)
 
@@ -245,132 +265,52 @@ def crop_image(args: Any, images: Sequence[ImageLike | None] | _Images, cfg: Too
     return ToolResult(tool="crop_image", valid=True, images=[crop], indices=[idx], box=(x1, y1, x2, y2))
 
 
-_TOOLS = {"select_images": select_images, "crop_image": crop_image}
+# ----------------------------------------------------------------------------- the built-in records
 
+_INDEXING = "Index 0 is the query image; index k is the image of candidate k."
 
-# ----------------------------------------------------------------------------- the official server
-
-# The names the official server runs (select_frames, which it also knows, is not one of our tools).
-_OFFICIAL_NAMES = {
-    "crop_image": "crop_image",
-    "zoom_in": "crop_image",
-    "crop_image_normalized": "crop_image",
-    "select_images": "select_images",
-}
-_NO_IMAGES = "No images available. Please ensure query_image or candidate_images are provided in extra_field."
-_NO_QUERY_IMAGE = (
-    "Query image does not exist. Please do not choose query image again and analyze based on query text."
-)
-_NO_CANDIDATE_IMAGES = (
-    "Candidate images do not exist. Please do not choose candidate images again and analyze based on "
-    "candidates' text."
-)
-
-
-def _out_of_range(n: int) -> str:
-    return (
-        "Invalid target_images indices. Each index should be an integer equal to 0 for the query image "
-        f"or between 1 and the number of candidate images ({n}) for candidate images."
+register_tool(
+    Tool(
+        name="select_images",
+        run=select_images,
+        schema=function_schema(
+            "select_images",
+            "Show up to four of the images again at high resolution so they can be compared in detail. "
+            + _INDEXING,
+            {
+                "target_images": {
+                    "type": "array",
+                    "description": "The indices of 1 to 4 images, e.g. [0, 3, 7].",
+                }
+            },
+        ),
+        observation='The selected images {{ indices | join(", ") }} at high resolution.',
+        caption=ToolCaption(image="{image}"),
     )
+)
+register_tool(
+    Tool(
+        name="crop_image",
+        run=crop_image,
+        schema=lambda hint: function_schema(
+            "crop_image",
+            "Zoom into a rectangular region of one image and return the enlarged crop. " + _INDEXING,
+            {
+                "bbox_2d": {"type": "array", "description": f"The region as [x1, y1, x2, y2]{hint}."},
+                "target_image": {"type": "integer", "description": "The index of the image to crop."},
+            },
+        ),
+        observation="The zoomed region of image {{ indices[0] }}.",
+        caption=ToolCaption(
+            heading="of {image}, box {box} (source pixels, padded)",
+            image="the zoomed crop the model saw",
+            box="the box on the source image",
+        ),
+    )
+)
 
 
-def _official_call(call: ToolCall, allowed: Sequence[str]) -> tuple[str, Any] | ToolResult:
-    """The call as the official server reads it: the JSON between the tags, strictly; a name it knows; an
-    ``arguments`` object. A call it cannot read gets an empty error text (the agent loop adds its prefix).
-
-    A call built by a tool framework (no raw text) is taken with the name and arguments it was given.
-    """
-    if not call.raw and call.arguments is not None:
-        name, args = call.name, call.arguments
-        obj: Any = {"name": name, "arguments": args}
-    else:
-        try:
-            obj = json.loads(call.raw)
-            name = obj.get("name", "")
-        except (ValueError, RecursionError, AttributeError):
-            return _error(call.name, "")
-    tool = _OFFICIAL_NAMES.get(name) if isinstance(name, str) else None
-    if tool is None or tool not in allowed:
-        return _error(name if isinstance(name, str) else None, "")
-    if "arguments" not in obj:
-        return _error(tool, "Missing 'arguments' in the tool call.")
-    args = obj["arguments"]
-    if not isinstance(args, dict):
-        return _error(
-            tool, f"'arguments' should be a dictionary of parameters key-value pairs, got {type(args)}."
-        )
-    return tool, args
-
-
-def _official_select(args: dict[str, Any], imgs: _Images, cfg: ToolConfig) -> ToolResult:
-    def fail(msg: str) -> ToolResult:
-        return _error("select_images", msg)
-
-    if "target_images" not in args:
-        return fail("Missing parameters: target_images")
-    targets = args["target_images"]
-    if not isinstance(targets, list):
-        return fail("Invalid target_images format. It should be a list of integers.")
-    n = len(imgs) - 1
-    has_query, has_candidates = imgs.has(0), any(imgs.has(k) for k in range(1, n + 1))
-    if not has_query and not has_candidates:
-        return fail(_NO_IMAGES)
-    problems = []
-    for idx in targets:  # the server checks every index and reports all problems at once
-        if not isinstance(idx, int):
-            problems.append(f"Index {idx} is not an integer")
-        elif idx == 0 and not has_query:
-            problems.append(f"Index {idx}: {_NO_QUERY_IMAGE}")
-        elif idx != 0 and not has_candidates:
-            problems.append(f"Index {idx}: {_NO_CANDIDATE_IMAGES}")
-        elif idx != 0 and not 1 <= idx <= n:
-            problems.append(f"Index {idx}: {_out_of_range(n)}")
-    if problems:
-        return fail("Invalid indices found: " + "; ".join(problems))
-    if not targets:  # the server then fails on the first image of an empty list
-        return fail("Error processing images: list index out of range")
-    out = []
-    for idx in targets:  # repeats are returned again, and there is no cap on the number
-        img, err = imgs.get(int(idx))
-        if err:
-            return fail(f"Error processing images: {err}")
-        out.append(_resize_out(img, cfg))
-    return ToolResult(tool="select_images", valid=True, images=out, indices=[int(i) for i in targets])
-
-
-def _official_crop(args: dict[str, Any], imgs: _Images, cfg: ToolConfig) -> ToolResult:
-    def fail(msg: str) -> ToolResult:
-        return _error("crop_image", msg)
-
-    missing = [k for k in ("bbox_2d", "target_image") if k not in args]
-    ti = args.get("target_image")
-    with contextlib.suppress(TypeError, ValueError, OverflowError):
-        ti = int(ti)  # the server reads the index with int(): "3" -> 3, 2.7 -> 2
-    if missing:
-        return fail(f"Missing parameters: {', '.join(missing)}")
-    box = args["bbox_2d"]
-    if not isinstance(box, list) or len(box) != 4:
-        return fail("Invalid bbox_2d format. It should be a list of four numbers.")
-    n = len(imgs) - 1
-    has_query, has_candidates = imgs.has(0), any(imgs.has(k) for k in range(1, n + 1))
-    if not has_query and not has_candidates:
-        return fail(_NO_IMAGES)
-    if not isinstance(ti, int):
-        return fail("Invalid target_image format. It should be an integer.")
-    if ti == 0 and not has_query:
-        return fail(_NO_QUERY_IMAGE)
-    if ti != 0 and not has_candidates:
-        return fail(_NO_CANDIDATE_IMAGES)
-    if ti != 0 and not 1 <= ti <= n:
-        return fail(_out_of_range(n))
-    img, err = imgs.get(ti)
-    if err:
-        return fail(f"Error processing image: {err}")
-    region = official_crop_region(box, *img.size)
-    if isinstance(region, str):  # the server reports a failed crop with its exception text; ours says why
-        return fail(f"Error processing image: {region}")
-    crop = _resize_out(img.crop(region), cfg)
-    return ToolResult(tool="crop_image", valid=True, images=[crop], indices=[ti], box=region)
+# ----------------------------------------------------------------------------- the release's crop geometry
 
 
 def official_crop_region(box: list[Any], w: int, h: int) -> tuple[int, int, int, int] | str:
@@ -399,9 +339,6 @@ def official_crop_region(box: list[Any], w: int, h: int) -> tuple[int, int, int,
     return region
 
 
-_OFFICIAL_TOOLS = {"select_images": _official_select, "crop_image": _official_crop}
-
-
 # ----------------------------------------------------------------------------- dispatch
 
 
@@ -410,10 +347,12 @@ def resolve_call(
 ) -> tuple[str, Any] | ToolResult:
     """``(tool name, arguments)`` of a parsed call, or the invalid result a call that cannot run gets."""
     if cfg.dialect == "official":
-        return _official_call(call, allowed)
+        from vretrver.tools_official import official_call  # imports this module: loaded on first use
+
+        return official_call(call, allowed)
     if call.error:
         return _error(call.name, call.error)
-    if call.name not in allowed or call.name not in _TOOLS:
+    if call.name not in allowed or call.name not in _REGISTRY:
         return _error(
             call.name, f"unknown tool {str(call.name)[:40]!r}: available tools are {', '.join(allowed)}"
         )
@@ -431,11 +370,13 @@ def run_tool(
     if isinstance(resolved, ToolResult):
         return resolved
     name, args = resolved
+    imgs = images if isinstance(images, _Images) else _Images(images)
     try:
         if cfg.dialect == "official":
-            imgs = images if isinstance(images, _Images) else _Images(images)
-            return _OFFICIAL_TOOLS[name](args, imgs, cfg)
-        return _TOOLS[name](args, images, cfg)
+            from vretrver.tools_official import run_official
+
+            return run_official(name, args, imgs, cfg)
+        return _REGISTRY[name].run(args, imgs, cfg)
     except Exception as e:  # a tool must never take the harness down; report it as an invalid call
         return _error(name, f"the tool failed: {type(e).__name__}")
 

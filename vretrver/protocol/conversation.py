@@ -226,17 +226,16 @@ def observation_message(
     """The user-turn parts (and images) that show a tool result or a tool error to the model.
 
     ``valid`` defaults to "no error"; an invalid call may carry an empty error text (the official tool
-    server says nothing about a call it cannot read).
+    server says nothing about a call it cannot read). The template's ``tool_text()`` is the tool record's
+    own sentence about the result (:meth:`Profile.tool_text`).
     """
-    parts, shown = _render_parts(
-        profile.templates["observation"],
-        {
-            "tool": tool or "",
-            "indices": indices,
-            "images": images,
-            "error": error or "",
-            "valid": (error is None) if valid is None else valid,
-            "image_size": image_size,
-        },
-    )
-    return parts, shown
+    variables: dict[str, Any] = {
+        "tool": tool or "",
+        "indices": indices,
+        "images": images,
+        "error": error or "",
+        "valid": (error is None) if valid is None else valid,
+        "image_size": image_size,
+    }
+    variables["tool_text"] = lambda: profile.tool_text(tool, variables)
+    return _render_parts(profile.templates["observation"], variables)

@@ -6,6 +6,12 @@ profiles with tools, ``tools.json`` (a jinja-rendered JSON list of function sche
 ``vretrver/protocol/profiles/``; any folder with the same files can be passed instead of a name, so a user
 can match the exact format a checkpoint was trained with.
 
+Tools are records of the tool registry (:mod:`vretrver.tool_registry`); a profile lists their names.
+``tools.json`` is rendered with ``tool_schemas`` (the records' schemas of the profile's tools, in its
+order) and ``schema(name)``, so our profiles write ``{{ tool_schemas | tojson }}`` while a profile that
+must show a released text writes it out. ``observation.jinja`` may call ``tool_text()``: the tool
+record's sentence about its result.
+
 ``profile.json`` may name a profile it ``extends`` (a built-in name or a folder relative to this one): its
 settings are inherited and template files this folder lacks are taken from it. Optional settings:
 
@@ -19,13 +25,19 @@ settings are inherited and template files this folder lacks are taken from it. O
 * ``parquet_prompt``: use a sample's ``meta["parquet_prompt"]`` (the public evaluation parquet's prompt),
   rebuilding its candidate block per window, ``aligned`` or ``upstream`` (see :mod:`.conversation`), or
   null: not used;
-* ``official_release``: the profile renders what the public release's checkpoints were trained on.
+* ``official_release``: the profile renders what the public release's checkpoints were trained on;
+* ``tool_modules``: modules imported when the profile loads, so that the tools they register exist (a
+  dotted module name, or a ``.py`` file relative to the profile folder).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import json
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -36,6 +48,7 @@ import jinja2
 
 from vretrver.lamra_text import lamra_clean as lamra_text
 from vretrver.protocol.parser import ParsedTurn, ToolCall
+from vretrver.tools import ToolError, get_tool
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 DEFAULT_PROFILE = "v-retrver"
@@ -71,6 +84,7 @@ class Profile:
     description: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     templates: dict[str, jinja2.Template] = field(default_factory=dict, repr=False)
+    _tool_texts: dict[str, jinja2.Template] = field(default_factory=dict, repr=False)
 
     @property
     def uses_tools(self) -> bool:
@@ -89,8 +103,19 @@ class Profile:
         if not self.uses_tools:
             return []
         where = self.templates["tools"].filename or self.folder / "tools.json"
+        hint = COORDINATE_HINTS.get(coordinates, "")
         try:
-            text = self.templates["tools"].render(coordinate_hint=COORDINATE_HINTS.get(coordinates, ""))
+            records = [get_tool(name) for name in self.tools]
+        except ToolError as e:
+            raise ProfileError(
+                f"{self.folder / 'profile.json'}: {e}; name its module in 'tool_modules'"
+            ) from None
+        try:
+            text = self.templates["tools"].render(
+                coordinate_hint=hint,
+                tool_schemas=[r.function_schema(hint) for r in records],
+                schema=lambda name: get_tool(name).function_schema(hint),
+            )
             schemas = json.loads(text)
             names = [s["function"]["name"] for s in schemas]
         except jinja2.TemplateError as e:
@@ -104,6 +129,18 @@ class Profile:
         if names != self.tools:
             raise ProfileError(f"{where}: tools {names} do not match profile.json {self.tools}")
         return schemas
+
+    def tool_text(self, tool: str | None, variables: dict[str, Any]) -> str:
+        """The sentence tool ``tool``'s record adds about its result (its ``observation`` template, rendered
+        with the observation template's ``variables``); empty for a tool no record defines."""
+        if tool not in self._tool_texts:
+            try:
+                source = get_tool(tool).observation
+            except ToolError:
+                source = ""
+            env = self.templates["observation"].environment
+            self._tool_texts[tool] = env.from_string(source)
+        return self._tool_texts[tool].render(**variables)
 
     def tool_images(self, slots: Sequence[T | None]) -> list[T | None]:
         """Tool image index -> image, from ``[query image, candidate 1's image, ..., candidate K's]``.
@@ -187,6 +224,39 @@ def _chain(path: Path) -> tuple[dict[str, Any], list[Path]]:
     return merged, folders
 
 
+def _import_tool_modules(modules: Any, search: list[Path], meta_file: Path) -> None:
+    """Import the modules a profile names, so that the tools they register exist before it is used."""
+    if modules is None:
+        return
+    if not isinstance(modules, list) or not all(isinstance(m, str) and m for m in modules):
+        raise ProfileError(f"{meta_file}: field 'tool_modules': expected a list of module names or .py files")
+    for m in modules:
+        try:
+            if not m.endswith(".py"):
+                importlib.import_module(m)
+                continue
+            file = next((f / m for f in search if (f / m).is_file()), None)
+            if file is None:
+                raise ProfileError(f"{meta_file}: field 'tool_modules': no file {m} in the profile folder")
+            # One module per file, named after its path: loading the profile again imports nothing.
+            name = "vretrver_profile_tools_" + hashlib.sha1(str(file.resolve()).encode()).hexdigest()[:16]
+            if name not in sys.modules:
+                spec = importlib.util.spec_from_file_location(name, file)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+        except ProfileError:
+            raise
+        except Exception as e:
+            raise ProfileError(
+                f"{meta_file}: field 'tool_modules': importing {m} failed ({type(e).__name__}: {e})"
+            ) from None
+
+
 @lru_cache(maxsize=32)
 def _load(folder: str) -> Profile:
     path = Path(folder)
@@ -200,6 +270,7 @@ def _load(folder: str) -> Profile:
             raise ProfileError(
                 f"{meta_file}: field '{key}': expected one of {list(allowed)}, got {meta[key]!r}"
             )
+    _import_tool_modules(meta.get("tool_modules"), search, meta_file)
     env = _env(search)
     names = ["system", "user"] + (["tools", "observation"] if meta["tools"] else [])
     templates = {}
