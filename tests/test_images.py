@@ -226,7 +226,7 @@ def test_every_consumer_sees_a_phone_photo_upright(tmp_path):
     """The model's prompt, the tools, the embedders' reader and the report all get the upright picture."""
     from vretrver.engines.render import conversation_images
     from vretrver.episode import Episode
-    from vretrver.report.viewer import _Images
+    from vretrver.report.thumbnails import Thumbnails
     from vretrver.retrieval.base import load_rgb
     from vretrver.samples import Candidate, Query, Sample
     from vretrver.tools import select_images
@@ -244,6 +244,6 @@ def test_every_consumer_sees_a_phone_photo_upright(tmp_path):
         420,
         644,
     )
-    imgs = _Images(tmp_path / "report" / "img", tmp_path, [str(path)])
+    imgs = Thumbnails(tmp_path / "report" / "img", tmp_path, [str(path)])
     with Image.open(tmp_path / "report" / imgs.thumb(path, 160)) as thumb:
         assert thumb.size == (107, 160)  # 427 x 640 into 160 x 160: 160 * 427 / 640 = 106.75 -> 107
