@@ -4,22 +4,14 @@ and ``vretrver view`` (the HTML report of any result folder)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
-from vretrver.samples import (
-    Candidate,
-    Query,
-    Sample,
-    SampleError,
-    TaskData,
-    iter_jsonl,
-    write_jsonl,
-    write_samples,
-)
+from vretrver.jsonl import SampleError, iter_jsonl, read_appended, write_jsonl
+from vretrver.samples import Candidate, Query, Sample, TaskData, write_samples
 
 DEFAULT_RERANKER = "V-Retrver/V-Retrver-7B"
 DEMO_LIMIT = 50  # queries per task
@@ -28,6 +20,12 @@ DEMO_OUT = "runs/demo"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif"}
 # A checkpoint with more weights than this is not run on a CPU unless the engine is told to (device "cpu").
 CPU_LIMIT_BYTES = 4 * 2**30
+
+
+def _engine_args(ns: argparse.Namespace) -> dict:
+    from vretrver.cli import json_object_option
+
+    return json_object_option(getattr(ns, "engine_args", None), "--engine-args", '{"device": "cuda"}')
 
 
 def _has_gpu() -> bool:
@@ -98,7 +96,6 @@ def unavailable_message(why: str, what_ran: str, command: str, tiny_command: str
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from vretrver.cli import _engine_args
     from vretrver.evaluate import EvalConfig, evaluate
     from vretrver.protocol.profile import checkpoint_profile
     from vretrver.report.viewer import TINY_NOTE, write_report
@@ -206,24 +203,9 @@ def _rerank_command(ns: argparse.Namespace, reranker: str, engine: str | None) -
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def cmd_rerank(ns: argparse.Namespace) -> int:
-    from vretrver.cli import _engine_args
-    from vretrver.evaluate import EvalConfig, _Reranker, rerank_task
-    from vretrver.protocol.profile import checkpoint_profile, profile_mismatch_warning
-    from vretrver.report.viewer import TINY_NOTE, first_page, write_report
-
-    if not (ns.query_text or ns.query_image):
-        raise SystemExit("give the query: --query-text and/or --query-image")
-    if ns.query_image and not os.path.isfile(ns.query_image):
-        raise SystemExit(f"--query-image {ns.query_image}: file not found")
-    cands = _candidates_from_args(ns)
-    why = reranker_unavailable(ns.reranker, ns.engine, _engine_args(ns))
-    if why:
-        tiny = _rerank_command(ns, "tiny", None)
-        print(
-            unavailable_message(why, "Nothing was reranked.", _rerank_command(ns, ns.reranker, "vllm"), tiny)
-        )
-        return 2
+def _single_task(ns: argparse.Namespace, cands: list[Candidate]) -> tuple[TaskData, dict[str, Any], Path]:
+    """The one query as a task of its own, its first stage (the candidates in the order given) and the
+    result folder, written as an evaluation writes them, so that the report reads it like any run."""
     query = Sample(
         id="query",
         query=Query(
@@ -243,6 +225,48 @@ def cmd_rerank(ns: argparse.Namespace) -> int:
         [{"qid": "query", "ranked": [c.id for c in cands], "scores": [s for _, s in fs["query"]]}],
     )
     write_samples(out / "samples" / "single.jsonl", [Sample(**{**query.__dict__, "candidates": cands})])
+    return task, fs, out
+
+
+def _print_episodes(path: Path) -> None:
+    """Each window's turns, one line each: the assistant's text and what each tool returned."""
+    for ep in read_appended(path).rows:
+        ids = ep.get("candidate_ids", [])
+        start = ep.get("window_start", 0)
+        print(
+            f"--- window of candidates {start + 1}-{start + len(ids)} (numbered 1-{len(ids)} in the prompt) ---"
+        )
+        for t in ep["turns"]:
+            if t["role"] == "assistant":
+                print(f"[assistant] {t['text'].strip()}")
+                continue
+            tool = t.get("tool") or {}
+            if tool.get("error"):
+                print(f"[tool {tool.get('name')}] invalid call: {tool['error']}")
+            else:
+                box = f", box {tool['box']}" if tool.get("box") else ""
+                print(f"[tool {tool.get('name')}] returned image(s) {tool.get('indices')}{box}")
+        print(f"(episode ended: {ep.get('end_reason')})")
+
+
+def cmd_rerank(ns: argparse.Namespace) -> int:
+    from vretrver.evaluate import EvalConfig, _Reranker, rerank_task
+    from vretrver.protocol.profile import checkpoint_profile, profile_mismatch_warning
+    from vretrver.report.viewer import TINY_NOTE, first_page, write_report
+
+    if not (ns.query_text or ns.query_image):
+        raise SystemExit("give the query: --query-text and/or --query-image")
+    if ns.query_image and not os.path.isfile(ns.query_image):
+        raise SystemExit(f"--query-image {ns.query_image}: file not found")
+    cands = _candidates_from_args(ns)
+    why = reranker_unavailable(ns.reranker, ns.engine, _engine_args(ns))
+    if why:
+        tiny = _rerank_command(ns, "tiny", None)
+        print(
+            unavailable_message(why, "Nothing was reranked.", _rerank_command(ns, ns.reranker, "vllm"), tiny)
+        )
+        return 2
+    task, fs, out = _single_task(ns, cands)
     cfg = EvalConfig(
         benchmark="single",
         reranker=ns.reranker,
@@ -265,24 +289,7 @@ def cmd_rerank(ns: argparse.Namespace) -> int:
         ranked = rerank_task(task, fs, cfg, out, reranker, progress=False)["query"]
     finally:
         reranker.close()
-    for line in (out / "trajectories" / "single.jsonl").read_text(encoding="utf-8").splitlines():
-        ep = json.loads(line)
-        ids = ep.get("candidate_ids", [])
-        start = ep.get("window_start", 0)
-        print(
-            f"--- window of candidates {start + 1}-{start + len(ids)} (numbered 1-{len(ids)} in the prompt) ---"
-        )
-        for t in ep["turns"]:
-            if t["role"] == "assistant":
-                print(f"[assistant] {t['text'].strip()}")
-                continue
-            tool = t.get("tool") or {}
-            if tool.get("error"):
-                print(f"[tool {tool.get('name')}] invalid call: {tool['error']}")
-            else:
-                box = f", box {tool['box']}" if tool.get("box") else ""
-                print(f"[tool {tool.get('name')}] returned image(s) {tool.get('indices')}{box}")
-        print(f"(episode ended: {ep.get('end_reason')})")
+    _print_episodes(out / "trajectories" / "single.jsonl")
     print("\nranking (most relevant first):")
     by_id = {c.id: c for c in cands}
     for i, d in enumerate(ranked, 1):

@@ -1,26 +1,33 @@
-"""JSON-lines files: exact places for bad input on read, lines that can always be written.
+"""JSON-lines files, read and written in one place: exact places for bad input, lines that always encode.
 
-Reading works on bytes, so a byte that is not UTF-8 is reported with its line and file offset instead of
-a decoder traceback. Files we append to (results, trajectories) are read leniently: a damaged line is
-dropped and reported on its own, never together with the good lines after it.
+Two ways to read. :func:`iter_jsonl` is strict: input files (samples, candidate lists, records) must be
+whole, and a bad line raises :class:`SampleError` naming the file and line. :func:`read_appended` is
+lenient, for files we append to (results, trajectories, rollout dumps): a damaged line is dropped and
+reported on its own, never together with the good lines after it. Both work on bytes, so a byte that is
+not UTF-8 is reported with its line and file offset instead of a decoder traceback.
 
 Writing: Python strings may hold lone surrogates (a model or server can produce the JSON escape
 ``\\ud800``), which UTF-8 cannot encode. Such characters are written as the text of their escape
-(``\\ud800``, six characters) and the row lists where in ``replaced_unencodable``.
+(``\\ud800``, six characters) and the row lists where in ``replaced_unencodable``. :func:`write_jsonl`
+replaces a file whole and atomically (a temporary file, then a rename).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
-
-from vretrver.samples import SampleError
 
 REPLACED_FIELD = "replaced_unencodable"
 _BOM = b"\xef\xbb\xbf"
+
+
+class SampleError(ValueError):
+    """A sample (or a line of a sample file) does not have the expected shape."""
 
 
 @dataclass
@@ -67,6 +74,27 @@ def parse_object(line: RawLine, path: str | os.PathLike) -> dict[str, Any]:
         shown = json.dumps(obj)[:80]
         raise SampleError(f"{line.where(path)}: field '<line>': expected a JSON object, got {shown}")
     return obj
+
+
+def iter_jsonl(
+    path: str | os.PathLike, allow_torn_tail: bool = False
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``("file:line", object)`` for each non-blank line of a jsonl file.
+
+    A line that is not UTF-8 (named with its byte offset), not valid JSON or not an object raises
+    :class:`SampleError` naming the line. ``allow_torn_tail`` skips a half-written last line (an
+    interrupted append: no final newline).
+    """
+    for line in raw_lines(path):
+        if not line.data.strip():
+            continue
+        try:
+            obj = parse_object(line, path)
+        except SampleError:
+            if allow_torn_tail and not line.complete:
+                return
+            raise
+        yield line.where(path), obj
 
 
 @dataclass
@@ -153,3 +181,27 @@ def dumps_line(row: dict[str, Any]) -> str:
     fixed, changed = writable(row)
     fixed[REPLACED_FIELD] = [*row.get(REPLACED_FIELD, []), *changed]
     return json.dumps(fixed, ensure_ascii=False)
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
+    """Write rows as jsonl atomically; text UTF-8 cannot encode is escaped (see the module notes)."""
+    atomic_write(path, (dumps_line(row) + "\n" for row in rows))
+
+
+def atomic_write(path: str | os.PathLike, chunks: Iterable[str]) -> None:
+    """Write text to ``path`` through a temporary file in the same folder, renamed over it at the end.
+
+    A reader never sees a half-written file; an error (or an interrupt) leaves the old file as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for chunk in chunks:
+                f.write(chunk)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class SampleError(ValueError):
-    """A sample (or a line of a sample file) does not have the expected shape."""
+# SampleError and the jsonl reader / writer live with the other jsonl code; they stay importable from here.
+from vretrver.jsonl import SampleError, atomic_write, iter_jsonl, write_jsonl  # noqa: F401
 
 
 @dataclass
@@ -169,29 +167,6 @@ def read_samples(path: str | os.PathLike, resolve_images: bool = True) -> list[S
     return list(iter_samples(path, resolve_images))
 
 
-def iter_jsonl(
-    path: str | os.PathLike, allow_torn_tail: bool = False
-) -> Iterator[tuple[str, dict[str, Any]]]:
-    """``("file:line", object)`` for each non-blank line of a jsonl file.
-
-    A line that is not UTF-8 (named with its byte offset), not valid JSON or not an object raises
-    :class:`SampleError` naming the line. ``allow_torn_tail`` skips a half-written last line (an
-    interrupted append: no final newline).
-    """
-    from vretrver.jsonl import parse_object, raw_lines
-
-    for line in raw_lines(path):
-        if not line.data.strip():
-            continue
-        try:
-            obj = parse_object(line, path)
-        except SampleError:
-            if allow_torn_tail and not line.complete:
-                return
-            raise
-        yield line.where(path), obj
-
-
 def iter_samples(path: str | os.PathLike, resolve_images: bool = True) -> Iterator[Sample]:
     """Read a sample jsonl; relative image paths resolve against the file's folder.
 
@@ -216,36 +191,9 @@ def write_samples(path: str | os.PathLike, samples: Iterable[Sample]) -> None:
     write_jsonl(path, (s.to_dict() for s in samples))
 
 
-def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows as jsonl atomically; text UTF-8 cannot encode is escaped (see :mod:`vretrver.jsonl`)."""
-    from vretrver.jsonl import dumps_line
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(dumps_line(row) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write a text file atomically (a temporary file, then a rename)."""
+    atomic_write(path, [text])
 
 
 def safe_name(*parts: str) -> str:

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from vretrver.jsonl import SampleError, write_jsonl
 from vretrver.retrieval.base import Embedder, Kind, embed_items, make_embedder
 from vretrver.retrieval.cache import Item, embed_cached, run_chunks
 from vretrver.retrieval.index import CandidateIndex, exact_topk
 from vretrver.retrieval.precomputed import Ranked, read_candidates
-from vretrver.samples import Sample, SampleError, TaskData, write_jsonl
+from vretrver.samples import Sample, TaskData
 
 log = logging.getLogger(__name__)
 

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from vretrver.jsonl import read_appended
 from vretrver.samples import atomic_write_text
 
 STAGES = ("samples", "teacher", "probe_base", "sft", "probe_sft", "rft_data", "rft", "rl", "eval")
@@ -35,16 +36,14 @@ SYNTHETIC_NOTE = (
 
 
 def _records(paths: Iterable[str | os.PathLike]) -> Iterable[dict[str, Any]]:
+    """The rows of trajectory / rollout files, or of folders of them; a damaged line (the torn last line of
+    an interrupted run) is skipped."""
     for path in paths:
         p = Path(path)
-        files = sorted(p.glob("*.jsonl")) if p.is_dir() else [p]
-        for f in files:
-            for line in f.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a torn last line of an interrupted run
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        for f in sorted(p.glob("*.jsonl")) if p.is_dir() else [p]:
+            yield from read_appended(f).rows
 
 
 def turn_rates(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:

@@ -16,7 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from vretrver.samples import Candidate, Query, Sample, SampleError, iter_jsonl
+from vretrver.jsonl import SampleError, iter_jsonl
+from vretrver.samples import Candidate, Query, Sample
 
 RECORD_VERSION = 1
 
