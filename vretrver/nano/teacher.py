@@ -1,0 +1,93 @@
+"""A rule-based teacher for samples that say where their detail is (``meta["detail"]``, see :mod:`.data`).
+
+It behaves like a reader who zooms into each candidate's detail in turn and names what it sees, then
+ranks: every turn's reasoning is justified by what the crops so far have shown, never by the answer key.
+
+* turn j (j = 1 .. n, n = min(K, tool budget)): crop candidate j at the detail's box; from the second
+  turn on, the reasoning first names what the previous crop showed ("Candidate 1: red.");
+* the final turn names the last crop, lists every mark seen ("Marks: 1 red, 2 green, ...") and the
+  mark the query asks for, and answers: the candidates seen to match, then the candidates not seen (in
+  order), then those seen not to match.
+
+With a budget of at least K tool calls the positive always comes first. A sample without
+``meta["detail"]`` gets the generic oracle's trajectory (:class:`~vretrver.engines.oracle.OracleEngine`),
+whose matching, labelling and seeding this class inherits.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from PIL import Image
+
+from vretrver.engines.oracle import OracleEngine
+from vretrver.samples import Sample
+from vretrver.tools import ToolConfig, smart_resize
+
+
+def box_in_model_units(box: list[int], size: tuple[int, int], cfg: ToolConfig) -> list[int]:
+    """``box`` (pixels of an image file of ``size`` = (w, h)) in the units crop_image reads under ``cfg``."""
+    w, h = size
+    if cfg.coordinates == "qwen3-vl":
+        sx, sy = 1000 / w, 1000 / h
+    elif cfg.dialect == "official":  # the release's server reads boxes in pixels of the file
+        sx = sy = 1.0
+    else:
+        rh, rw = smart_resize(h, w, cfg.factor, cfg.min_pixels, cfg.max_pixels)
+        sx, sy = rw / w, rh / h
+    x1, y1, x2, y2 = box
+    return [round(x1 * sx), round(y1 * sy), round(x2 * sx), round(y2 * sy)]
+
+
+def _call(think: str, arguments: dict[str, Any]) -> str:
+    call = json.dumps({"name": "crop_image", "arguments": arguments})
+    return f"<think>{think}</think>\n<tool_call>\n{call}\n</tool_call>"
+
+
+def _size(image: Any) -> tuple[int, int]:
+    if isinstance(image, Image.Image):
+        return image.size
+    with Image.open(image) as im:
+        return im.size
+
+
+def plan_turns(sample: Sample, cfg: ToolConfig, budget: int, slots: list[Any] | None = None) -> list[str]:
+    """The assistant turns for ``sample`` (which must carry ``meta["detail"]``), ``budget`` tool calls.
+
+    ``slots``: the image of each tool index (default: the sample's own, candidate k at index k).
+    """
+    detail = sample.meta["detail"]
+    labels, target = detail["labels"], detail["target"]
+    slots = sample.image_paths() if slots is None else slots
+    k = len(sample.candidates)
+    seen = [labels[c.id] for c in sample.candidates[: max(0, min(k, budget))]]
+    n = len(seen)
+    turns = []
+    for j in range(1, n + 1):
+        think = f"Zoom into the mark of candidate {j}."
+        if j > 1:
+            think = f"Candidate {j - 1}: {seen[j - 2]}. {think}"
+        box = box_in_model_units(detail["box"], _size(slots[j]), cfg)
+        turns.append(_call(think, {"bbox_2d": box, "target_image": j}))
+    matches = [j for j in range(1, n + 1) if seen[j - 1] == target]
+    others = [j for j in range(1, n + 1) if seen[j - 1] != target]
+    ranking = matches + list(range(n + 1, k + 1)) + others
+    if n:
+        listed = ", ".join(f"{j} {lab}" for j, lab in enumerate(seen, 1))
+        verdict = f"match {matches[0]}." if matches else "no match seen."
+        think = f"Candidate {n}: {seen[-1]}. Marks: {listed}. The query asks for {target}: {verdict}"
+    else:
+        think = "The marks are too small to read without zooming."
+    turns.append(f"<think>{think}</think>\n<answer>{json.dumps(ranking)}</answer>")
+    return turns
+
+
+class NanoTeacher(OracleEngine):
+    """``OracleEngine`` whose trajectories zoom into the detail of every candidate (see the module)."""
+
+    def plan(self, sample: Sample, attempt_seed: int | None = None) -> list[str]:
+        if "detail" not in sample.meta:
+            return super().plan(sample, attempt_seed)
+        slots = list(self.profile.tool_images(sample.image_paths()))
+        return plan_turns(sample, self.tool_config.for_profile(self.profile), self.max_tool_calls, slots)
