@@ -108,14 +108,7 @@ def run_chunks(
     if n == 0:
         return np.zeros((0, dim), np.float32)
     if cache_dir is None:
-        out = np.zeros((n, dim), np.float32)
-        plan = [(i, list(items[s : s + chunk_size])) for i, s in enumerate(range(0, n, chunk_size))]
-        with tqdm(total=n, desc=label, unit=kind, disable=not progress) as bar:
-            for idx, mat in runner(plan):
-                start = idx * chunk_size
-                out[start : start + len(plan[idx][1])] = check_embeddings(mat, len(plan[idx][1]), dim, name)
-                bar.update(len(plan[idx][1]))
-        return out
+        return _run_in_memory(items, kind, name, dim, runner, chunk_size, label, progress)
 
     folder = cache_folder(cache_dir, name, items, kind)
     meta = _read_meta(folder)
@@ -146,7 +139,40 @@ def run_chunks(
             _save_atomic(folder / _chunk_name(idx), check_embeddings(mat, e - s, dim, name))
             bar.update(e - s)
 
-    # Join the chunks into one matrix file, written under a temporary name and renamed.
+    _join_chunks(folder, bounds, n, dim)
+    meta.update(complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1))
+    for i, _, _ in bounds:
+        (folder / _chunk_name(i)).unlink(missing_ok=True)
+    return np.load(folder / MATRIX_FILE, mmap_mode="r")
+
+
+def _run_in_memory(
+    items: Sequence[Item],
+    kind: Kind,
+    name: str,
+    dim: int,
+    runner: ChunkRunner,
+    chunk_size: int,
+    label: str,
+    progress: bool,
+) -> np.ndarray:
+    """:func:`run_chunks` without a cache: the chunks' rows go straight into one matrix in memory."""
+    from tqdm.auto import tqdm
+
+    n = len(items)
+    out = np.zeros((n, dim), np.float32)
+    plan = [(i, list(items[s : s + chunk_size])) for i, s in enumerate(range(0, n, chunk_size))]
+    with tqdm(total=n, desc=label, unit=kind, disable=not progress) as bar:
+        for idx, mat in runner(plan):
+            start = idx * chunk_size
+            out[start : start + len(plan[idx][1])] = check_embeddings(mat, len(plan[idx][1]), dim, name)
+            bar.update(len(plan[idx][1]))
+    return out
+
+
+def _join_chunks(folder: Path, bounds: list[tuple[int, int, int]], n: int, dim: int) -> None:
+    """Join the chunk files into one matrix file, written under a temporary name and renamed."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{MATRIX_FILE}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -160,11 +186,6 @@ def run_chunks(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    meta.update(complete=True, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    atomic_write_text(folder / META_FILE, json.dumps(meta, indent=1))
-    for i, _, _ in bounds:
-        (folder / _chunk_name(i)).unlink(missing_ok=True)
-    return np.load(folder / MATRIX_FILE, mmap_mode="r")
 
 
 def _chunk_name(i: int) -> str:
