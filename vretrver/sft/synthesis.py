@@ -120,18 +120,7 @@ def synthesize(
     export_profile = cfg.export_profile or profile.settings.get("export_profile") or cfg.profile
     load_profile(export_profile)  # fail now, not at export time
     max_calls = profile.max_tool_calls if cfg.max_tool_calls is None else cfg.max_tool_calls
-    ids = [s.id for s in samples]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i, n in Counter(ids).items() if n > 1)
-        raise ValueError(f"sample ids must be unique (e.g. {dup!r} appears more than once)")
-    # Literal <image> / <video> / <audio> in texts would break the exported placeholder count: clean them
-    # before the model sees them, so the exported text stays what the model saw.
-    cleaned = [escape_sample(s) for s in samples]
-    samples = [s for s, _ in cleaned]
-    n_escaped = sum(n for _, n in cleaned)
-    bad = [s.id for s in samples if not s.positive_numbers()]
-    if bad:
-        raise ValueError(f"{len(bad)} samples have no positive among their candidates, e.g. {bad[0]!r}")
+    samples, n_escaped = _checked_samples(samples)
 
     settings = _run_settings(cfg.profile, export_profile, max_calls, engine)
     _check_run_file(out, settings)
@@ -141,16 +130,7 @@ def synthesize(
 
     records_path = out / RECORDS_FILE
     drop_torn_tail(records_path)
-    state: dict[str, dict[str, Any]] = {s.id: {"attempts": set(), "kept": 0, "texts": set()} for s in samples}
-    if records_path.is_file():
-        for _, r in iter_records(records_path):
-            st = state.get(r.get("sample_id"))
-            if st is None:
-                continue
-            st["attempts"].add(r.get("attempt"))
-            if r.get("kept"):
-                st["kept"] += 1
-                st["texts"].add(assistant_texts(r["trajectory"]))
+    state = _resume_state(records_path, samples)
 
     def wanted(s: Sample) -> bool:
         return cfg.keep_per_sample is None or state[s.id]["kept"] < cfg.keep_per_sample
@@ -184,6 +164,49 @@ def synthesize(
                 bar.update(len(chunk))
         bar.update(bar.total - bar.n)  # attempts skipped because the sample already had enough
     bar.close()
+    stats = _run_stats(records_path, settings, n_escaped)
+    atomic_write_text(out / STATS_FILE, json.dumps(stats, indent=2) + "\n")
+    if progress:
+        print(format_stats(stats))
+    return stats
+
+
+def _checked_samples(samples: Sequence[Sample]) -> tuple[list[Sample], int]:
+    """The samples as the model will see them, and how many placeholders were escaped in them.
+
+    Ids must be unique and every sample needs a positive among its candidates. Literal <image> / <video>
+    / <audio> in texts would break the exported placeholder count: they are cleaned before the model sees
+    them, so the exported text stays what the model saw.
+    """
+    ids = [s.id for s in samples]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i, n in Counter(ids).items() if n > 1)
+        raise ValueError(f"sample ids must be unique (e.g. {dup!r} appears more than once)")
+    cleaned = [escape_sample(s) for s in samples]
+    out = [s for s, _ in cleaned]
+    bad = [s.id for s in out if not s.positive_numbers()]
+    if bad:
+        raise ValueError(f"{len(bad)} samples have no positive among their candidates, e.g. {bad[0]!r}")
+    return out, sum(n for _, n in cleaned)
+
+
+def _resume_state(records_path: Path, samples: Sequence[Sample]) -> dict[str, dict[str, Any]]:
+    """Per sample, what earlier sessions recorded: attempts run, trajectories kept and their texts."""
+    state: dict[str, dict[str, Any]] = {s.id: {"attempts": set(), "kept": 0, "texts": set()} for s in samples}
+    if records_path.is_file():
+        for _, r in iter_records(records_path):
+            st = state.get(r.get("sample_id"))
+            if st is None:
+                continue
+            st["attempts"].add(r.get("attempt"))
+            if r.get("kept"):
+                st["kept"] += 1
+                st["texts"].add(assistant_texts(r["trajectory"]))
+    return state
+
+
+def _run_stats(records_path: Path, settings: dict[str, Any], n_escaped: int) -> dict[str, Any]:
+    """The statistics of every session of the run, read back from the records file."""
     stats = summarize(r for _, r in iter_records(records_path))
     stats["sources"] = source_counts(r for _, r in iter_records(records_path))
     stats["synthetic_records"] = sum(1 for _, r in iter_records(records_path) if r.get("synthetic"))
@@ -194,9 +217,6 @@ def synthesize(
         )
     stats["settings"] = settings
     stats["escaped_placeholders_this_session"] = n_escaped
-    atomic_write_text(out / STATS_FILE, json.dumps(stats, indent=2) + "\n")
-    if progress:
-        print(format_stats(stats))
     return stats
 
 
