@@ -17,8 +17,8 @@ it arrives; ``round_timeout`` does not apply there (there are no rounds), ``time
 
 OpenAI's API drops the stop string that ended a completion, but the parser needs the closing tag. On a
 vLLM server (detected from ``/models``) the request asks for it to be kept (``include_stop_str_in_output``);
-otherwise the engine puts it back, using vLLM's ``stop_reason`` when present and else the tag that the
-text leaves open. Start vLLM without ``--reasoning-parser`` so ``<think>`` stays in the text.
+otherwise it is put back (:mod:`vretrver.engines.openai_wire`). Start vLLM without ``--reasoning-parser``
+so ``<think>`` stays in the text.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from collections import OrderedDict
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from vretrver.engines.base import Completion, EngineError, GenerationConfig, cut_at_stop, retry_async
-from vretrver.engines.render import count_image_parts, png_data_url
+from vretrver.engines.base import Completion, EngineError, GenerationConfig, retry_async
+from vretrver.engines.openai_wire import FatalResponse, chat_messages, completion_from, encode_body
+from vretrver.engines.render import png_data_url
 from vretrver.protocol import Conversation, ImageLike
 from vretrver.tools import ToolConfig, load_image
 
@@ -47,10 +48,6 @@ T = TypeVar("T")
 
 
 class _Retryable(Exception):
-    pass
-
-
-class _Fatal(Exception):
     pass
 
 
@@ -122,29 +119,7 @@ class OpenAIEngine:
 
     def messages(self, conv: Conversation) -> list[dict[str, Any]]:
         """The conversation in the OpenAI chat shape: image parts become data URLs, in order."""
-        n = count_image_parts(conv)
-        if n != len(conv.images):
-            raise ValueError(f"conversation has {n} image parts but {len(conv.images)} images")
-        images = iter(enumerate(conv.images))
-        out = []
-        for m in conv.messages:
-            content = m["content"]
-            if isinstance(content, str):
-                out.append({"role": m["role"], "content": content})
-                continue
-            parts = []
-            for p in content:
-                if p.get("type") == "image":
-                    i, x = next(images)
-                    try:
-                        url = self._data_url(x)
-                    except (OSError, ValueError) as e:
-                        raise ValueError(f"image {i} ({str(x)[:200]}) could not be read: {e}") from e
-                    parts.append({"type": "image_url", "image_url": {"url": url}})
-                elif p.get("type") == "text":
-                    parts.append({"type": "text", "text": p["text"]})
-            out.append({"role": m["role"], "content": parts})
-        return out
+        return chat_messages(conv, self._data_url)
 
     def request_body(self, conv: Conversation, gen: GenerationConfig) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -171,7 +146,7 @@ class OpenAIEngine:
         """The prompt token ids the server used (vLLM servers only: ``return_token_ids``)."""
         body = self.request_body(conv, GenerationConfig(max_new_tokens=1, stop=[]))
         body["return_token_ids"] = True
-        data = self._run(self._post(_encode(body)))
+        data = self._run(self._post(encode_body(body)))
         ids = data.get("prompt_token_ids")
         if not isinstance(ids, list):
             raise EngineError(
@@ -252,13 +227,13 @@ class OpenAIEngine:
     async def _one(self, conv: Conversation, gen: GenerationConfig, gate: asyncio.Semaphore) -> Completion:
         async with gate:  # bodies (with their images) are built only as requests can go out
             try:
-                payload = await asyncio.to_thread(lambda: _encode(self.request_body(conv, gen)))
+                payload = await asyncio.to_thread(lambda: encode_body(self.request_body(conv, gen)))
             except Exception as e:
                 return Completion(None, error=f"could not prepare the conversation: {e}")
             try:
                 data = await self._post(payload)
-                return self._completion(data, gen)
-            except (_Retryable, _Fatal) as e:
+                return completion_from(data, gen)
+            except (_Retryable, FatalResponse) as e:
                 return Completion(None, error=str(e))
             except Exception as e:  # an odd response must not stop the round
                 return Completion(None, error=f"bad response: {type(e).__name__}: {e}")
@@ -284,31 +259,13 @@ class OpenAIEngine:
             if r.status_code in RETRY_STATUS:
                 raise _Retryable(f"HTTP {r.status_code} after {tries} tries: {r.text[:300]}")
             if r.status_code >= 400:
-                raise _Fatal(f"HTTP {r.status_code}: {r.text[:500]}")
+                raise FatalResponse(f"HTTP {r.status_code}: {r.text[:500]}")
             try:
                 return r.json()
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise _Retryable(f"invalid JSON in the response after {tries} tries: {r.text[:200]!r}") from e
 
         return await retry_async(once, attempts=tries, backoff=self.backoff, retry_on=(_Retryable,))
-
-    def _completion(self, data: dict[str, Any], gen: GenerationConfig) -> Completion:
-        if "choices" not in data or not data["choices"]:
-            raise _Fatal(f"response without choices: {json.dumps(data)[:300]}")
-        choice = data["choices"][0]
-        msg = choice.get("message") or {}
-        text = _message_text(msg)
-        finish = choice.get("finish_reason")
-        if finish == "stop" and gen.stop and not any(text.endswith(s) for s in gen.stop):
-            text += _stripped_stop(text, gen.stop, choice)
-        text, _ = cut_at_stop(text, gen.stop)
-        usage = data.get("usage") or {}
-        return Completion(
-            text=text,
-            finish_reason=finish,
-            n_prompt_tokens=usage.get("prompt_tokens"),
-            n_completion_tokens=usage.get("completion_tokens"),
-        )
 
     def _data_url(self, x: ImageLike) -> str:
         # Paths by name; PIL images by identity (the cache holds the object, so its id is not reused).
@@ -371,45 +328,3 @@ class _OpenAITurns:
         for fut in self.futures:
             fut.cancel()
         self.futures = {}
-
-
-def _encode(body: dict[str, Any]) -> bytes:
-    """The request as JSON bytes; non-ASCII text as escapes, so even a lone surrogate can travel."""
-    return json.dumps(body).encode("ascii")
-
-
-def _message_text(msg: dict[str, Any]) -> str:
-    """The assistant text, with anything a server-side parser split off put back in place."""
-    text = msg.get("content") or ""
-    if isinstance(text, list):  # some servers answer with content parts
-        text = "".join(p.get("text", "") for p in text if isinstance(p, dict))
-    reasoning = msg.get("reasoning_content") or msg.get("reasoning")
-    if reasoning and "<think>" not in text:
-        text = f"<think>\n{reasoning.strip()}\n</think>\n\n{text.lstrip()}"
-    for call in msg.get("tool_calls") or []:
-        fn = call.get("function") or {}
-        args = fn.get("arguments")
-        with contextlib.suppress(json.JSONDecodeError):  # keep a malformed string as it came
-            args = json.loads(args) if isinstance(args, str) else args
-        payload = json.dumps({"name": fn.get("name"), "arguments": args}, ensure_ascii=False)
-        text += f"<tool_call>\n{payload}\n</tool_call>"
-    return text
-
-
-def _stripped_stop(text: str, stop: list[str], choice: dict[str, Any]) -> str:
-    """The stop string a server removed from the end of ``text`` ('' if it cannot be known)."""
-    for key in ("stop_reason", "matched_stop"):  # vLLM, SGLang
-        if key not in choice:
-            continue
-        # The stop string that matched; None or a token id: the model ended its turn, nothing was cut.
-        reason = choice[key]
-        return reason if isinstance(reason, str) and reason in stop else ""
-    # No stop_reason (plain OpenAI): a closing tag whose opening tag the text leaves open was the stop.
-    best, where = "", -1
-    for s in stop:
-        if s.startswith("</") and s.endswith(">"):
-            opener = "<" + s[2:]
-            i = text.rfind(opener)
-            if i > where and text.find(s, i) < 0:
-                best, where = s, i
-    return best
