@@ -4,10 +4,11 @@ The implementations import their heavy libraries lazily: ``make_engine`` picks o
 """
 
 from vretrver.engines.base import Completion, Engine, EngineError, GenerationConfig, cut_at_stop, retry
-from vretrver.engines.factory import ENGINE_KINDS, make_engine
+from vretrver.engines.factory import ENGINE_KINDS, RERANK_ENGINES, make_engine
 
 __all__ = [
     "ENGINE_KINDS",
+    "RERANK_ENGINES",
     "Completion",
     "Engine",
     "EngineError",

@@ -7,7 +7,9 @@ from typing import Any
 
 from vretrver.engines.base import Engine
 
-ENGINE_KINDS = ("hf", "vllm", "openai", "oracle")
+# The engines a checkpoint reranks with; the oracle is a rule-based teacher for synthetic data only.
+RERANK_ENGINES = ("hf", "vllm", "openai")
+ENGINE_KINDS = (*RERANK_ENGINES, "oracle")
 
 
 def make_engine(kind: str, model: str, **kw: Any) -> Engine:

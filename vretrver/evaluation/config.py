@@ -11,12 +11,13 @@ import hashlib
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from vretrver.benchmarks import registry
 from vretrver.benchmarks.registry import find_spec
+from vretrver.options import option
 
 # Settings that do not change results: left out of the fingerprint.
 _PLUMBING = (
@@ -51,49 +52,143 @@ _RERANK_SETTINGS = (
 _SECRET_WORDS = ("key", "token", "secret", "password")
 
 
+def _benchmarks() -> list[str]:
+    return registry.names()
+
+
+def _pools() -> tuple[str, ...]:
+    from vretrver.benchmarks.mbeir import POOLS
+
+    return POOLS
+
+
+def _engines() -> tuple[str, ...]:
+    from vretrver.engines.factory import RERANK_ENGINES
+
+    return RERANK_ENGINES
+
+
+def _window_modes() -> tuple[str, ...]:
+    from vretrver.rerank import WINDOW_MODES
+
+    return WINDOW_MODES
+
+
+def _schedulers() -> tuple[str, ...]:
+    from vretrver.rerank import SCHEDULERS
+
+    return SCHEDULERS
+
+
+def _index_kinds() -> tuple[str, ...]:
+    from vretrver.retrieval.index import INDEX_KINDS
+
+    return INDEX_KINDS
+
+
+# Every setting of a run, declared once: the CLI (``vretrver eval``), ``--config`` files and key=value
+# overrides are made from these fields and their help text (vretrver.options).
 @dataclass
 class EvalConfig:
-    benchmark: str
-    tasks: list[str] | None = None
-    data_root: str | None = None
-    split: str | None = None
-    limit: int | None = None
-    # M-BEIR: each task's local pool; "global", the union pool (modality-filtered); "lamra-global",
-    # LamRA's 16 local pools concatenated (copies kept, no modality filter)
-    pool: str = "local"
-    instruction: str = "first"  # M-BEIR: the first instruction of the task, or "random[:SEED]" per query
-    # Keyword arguments for the benchmark's reader (registry.reader_arguments), e.g. {"image_dir": ...}
-    reader_args: dict[str, Any] = field(default_factory=dict)
-    # offline | lamra[:MODEL] | hash[:DIM] | precomputed:PATH (PATH may contain {task})
-    retriever: str = "offline"
-    # precomputed: first-stage entries that may be lost (unmatched hits, unknown ids) before the run stops
-    max_unresolved: int = 0
-    parquet_prompts: bool = False  # precomputed parquet: each query's prompt from the file (meta)
-    reranker: str | None = None  # a checkpoint folder / hub id, "tiny", or None for first stage only
-    engine: str = "hf"  # hf | vllm | openai
-    engine_args: dict[str, Any] = field(default_factory=dict)
-    profile: str = "v-retrver"
-    top_n: int | None = (
-        None  # default: the benchmark's (50 for M-BEIR-style tasks, 10 for the zero-shot sets)
+    benchmark: str = option(choices=_benchmarks, help="the benchmark (see the README's benchmark table)")
+    tasks: list[str] | None = option(None, "comma-separated task names (default: all of the benchmark)")
+    data_root: str | None = option(None, "the unpacked benchmark folder (not needed for tuxpaint)")
+    split: str | None = option(None, "benchmark split (default: the evaluation split)")
+    limit: int | None = option(None, "score only the first N queries of each task")
+    pool: str = option(
+        "local",
+        "M-BEIR candidate pool: each task's own (default, the papers' tables); 'global', the union pool "
+        "filtered by each query's candidate modality; 'lamra-global', LamRA's global setting (the 16 local "
+        "pools concatenated, copies kept, no modality filter)",
+        choices=_pools,
     )
-    window: int | None = None  # default: the benchmark's (20)
-    stride: int = 10
-    window_mode: str = "ours"  # ours | official: the release's fixed windows and answer rules (rerank.py)
-    max_tool_calls: int | None = None
-    temperature: float = 0.0
-    max_new_tokens: int = 1024
-    seed: int | None = 0
-    index: str = "flat"
-    chunk_queries: int = 32  # rounds (and Ray): queries reranked (and saved) together; one Ray task each
-    # continuous: each query and episode advances on its own, results saved as queries finish;
-    # rounds: one engine call per round of a chunk of queries (vretrver.scheduler)
-    scheduler: str = "continuous"
-    max_inflight: int = 64  # continuous: episodes in the engine at once
-    skip_missing: bool = False
-    cache_dir: str | None = None
-    ray_address: str | None = None  # "local", "auto" or a cluster address: data-parallel reranking
-    ray_workers: int | None = None  # actors (default: one per GPU; without GPUs, the cluster's CPUs, <= 8)
-    retry_failed: bool = True  # on resume, rerank again the queries the engine failed on
+    instruction: str = option(
+        "first",
+        "M-BEIR query instruction: 'first' of the task's list (default) or 'random[:SEED]', one drawn "
+        "per query as LamRA does, seeded (default seed 0) so runs repeat",
+    )
+    reader_args: dict[str, Any] = option(
+        default_factory=dict,
+        help="more keyword arguments for the benchmark reader as JSON, e.g. '{\"rounds\": 3}' (visdial) or "
+        '\'{"duplicates": "drop"}\' (genecis, mtfiq), or as key=value pairs (rounds=3); an unknown key lists '
+        "the ones the reader takes",
+        example='{"rounds": 3}',
+    )
+    retriever: str = option(
+        "offline",
+        "offline | lamra[:MODEL] | hash[:DIM] | precomputed:PATH (a .jsonl or .parquet candidate file; "
+        "PATH may contain {task}) (default: offline)",
+    )
+    max_unresolved: int = option(
+        0,
+        "precomputed lists: how many entries may be lost (hits matching no pool candidate, unknown "
+        "candidate or query ids, queries without a row) before the run stops (default: 0)",
+    )
+    parquet_prompts: bool = option(
+        False, "with a V-Retrver parquet as first stage: give each query its prompt from the file"
+    )
+    reranker: str | None = option(
+        None,
+        "checkpoint folder or hub id, 'tiny', or 'none' (default)",
+        cli_default="none",
+        none_words=("none",),
+    )
+    # The engine kind counts in the fingerprint: greedy decoding in different engines can differ.
+    engine: str = option("hf", "inference engine (default: hf)", choices=_engines)
+    engine_args: dict[str, Any] = option(
+        default_factory=dict,
+        help='engine settings as JSON, e.g. \'{"device": "cuda", "dtype": "bfloat16"}\' or '
+        '\'{"base_url": "http://localhost:8000/v1"}\', or as key=value pairs (device=cuda,dtype=bfloat16)',
+        example='{"device": "cuda"}',
+    )
+    profile: str = option(
+        "v-retrver",
+        "prompt profile name or folder (default: the one the checkpoint was trained on: official for "
+        "the released V-Retrver checkpoints, v-retrver otherwise; official-original-01 / -02 are the "
+        "release's other prompt variants)",
+        cli_default=None,
+    )
+    top_n: int | None = option(
+        None, "candidates to rerank (default: the benchmark's: 50; 10 for the zero-shot sets)"
+    )
+    window: int | None = option(None, "candidates per reranking window (default: the benchmark's, 20)")
+    stride: int = option(10, "step between windows (default: 10)")
+    window_mode: str = option(
+        "ours",
+        "ours (default): windows cover each list as it is; official: the release's fixed windows "
+        "(30-49, 20-39, 10-29, 0-19), skipped where they do not fit a list, and only a bracketed answer "
+        "reorders its window",
+        choices=_window_modes,
+    )
+    max_tool_calls: int | None = option(None, "tool-call budget per window (default: the profile's, 2)")
+    temperature: float = option(0.0, "0 = greedy (default)")
+    max_new_tokens: int = option(1024, "tokens per model turn (default: 1024)")
+    seed: int | None = option(0, "sampling seed (default: 0)")
+    index: str = option("flat", "faiss index (default: flat)", choices=_index_kinds)
+    chunk_queries: int = option(
+        32, "--scheduler rounds (and Ray): queries reranked and saved together (default: 32)"
+    )
+    scheduler: str = option(
+        "continuous",
+        "continuous (default): each query and episode advances on its own, up to --max-inflight "
+        "episodes in the engine, results saved as queries finish; rounds: one engine call per round of "
+        "a chunk of queries. Greedy results are the same",
+        choices=_schedulers,
+    )
+    max_inflight: int = option(64, "--scheduler continuous: episodes in the engine at once (default: 64)")
+    skip_missing: bool = option(False, "score what remains when image files are missing")
+    cache_dir: str | None = option(None, "embedding cache (default: OUT/cache)")
+    ray_address: str | None = option(
+        None,
+        "embed and rerank data-parallel on Ray: 'local' (start a local cluster), 'auto' (join the running "
+        "one) or a cluster address; one actor per GPU holds an engine",
+    )
+    ray_workers: int | None = option(None, "Ray actors (default: one per GPU; CPU only: the CPUs, <= 8)")
+    retry_failed: bool = option(
+        True,
+        "resuming: rerank again the queries the engine failed on (default); --no-retry-failed keeps "
+        "them as they are (their failed windows in first-stage order)",
+    )
 
     def resolved_top_n(self) -> int:
         if self.top_n is not None:
