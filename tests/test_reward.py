@@ -1,5 +1,5 @@
-"""The RL reward (method.md section 4): every term and variant on hand-written trajectories, and the
-verl reward file called through verl's own reward manager."""
+"""The RL reward (the paper's EAPO reward and its variants): every term and variant on hand-written
+trajectories, and the verl reward file called through verl's own reward manager."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def score(turns, n_valid=0, n_invalid=0, gt=7, variant="eapo", response=None, **
 
 # --------------------------------------------------------------------------- EAPO (paper default)
 
-# k -> exp(-(k-1)^2 / 2) for k <= K_r = 5, else 0 (method.md: 1.0, 0.607, 0.135, ...)
+# k -> exp(-(k-1)^2 / 2) for k <= K_r = 5, else 0 (the paper's values: 1.0, 0.607, 0.135, ...)
 RANK = {1: 1.0, 2: math.exp(-0.5), 3: math.exp(-2.0), 4: math.exp(-4.5), 5: math.exp(-8.0), 6: 0.0}
 
 

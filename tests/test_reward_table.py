@@ -4,7 +4,7 @@ Every combination of: tags intact / broken, answer written as a list / not, grou
 1..20 / absent, 0..4 valid and 0..2 invalid tool calls. Each trajectory is played through
 :class:`vretrver.episode.Episode` (real tools on real images), then scored by ``score_episode``, by
 ``compute_score`` of the verl integration and by the EasyR1 reward file; each score is compared with the
-formula of method.md section 4, computed here from how the cell was built.
+EAPO formula of the paper, computed here from how the cell was built.
 
 The ``public`` variant is compared with the public training code's reward (reward_manager_v_retrver.py),
 restated below, applied to the response as verl would decode it: the conversation rendered by the real
@@ -40,7 +40,7 @@ MAX_CALLS = 6  # room for 4 valid and 2 invalid calls
 
 
 def paper_reward(tags_ok: bool, is_list: bool, k: int | None, n_valid: int, answered: bool = True) -> float:
-    """R = 0.2 r_format + 0.8 r_rank + r_tool (method.md section 4, the EAPO constants)."""
+    """R = 0.2 r_format + 0.8 r_rank + r_tool (the paper's EAPO constants)."""
     r_format = (0.5 * tags_ok + 0.5 * is_list) if answered else 0.0
     r_rank = math.exp(-((k - 1) ** 2) / 2.0) if answered and k is not None and k <= 5 else 0.0
     first = answered and k == 1

@@ -282,7 +282,7 @@ def test_two_grpo_steps_train_and_save_a_checkpoint(fit):
     metrics = step_metrics(fit["log"])
     assert sorted(metrics) == list(range(1, STEPS + 1))
     for step, m in metrics.items():
-        # rewards from our reward file: the EAPO score lies in [0, 1.2] (method.md section 4)
+        # rewards from our reward file: the EAPO score lies in [0, 1.2] (1.2: first, one valid call)
         assert 0.0 <= m["critic/score/min"] <= m["critic/score/max"] <= 1.2 + 1e-6, (step, m)
         assert math.isfinite(m["actor/pg_loss"]) and math.isfinite(m["actor/grad_norm"]), (step, m)
         assert m["actor/lr"] == pytest.approx(1e-3)

@@ -1,6 +1,6 @@
 """The RL reward: EAPO (the paper's evidence-aligned reward) and its named variants.
 
-    R = alpha * r_format + beta * r_rank + r_tool                      (method.md section 4)
+    R = alpha * r_format + beta * r_rank + r_tool       (the paper: alpha = 0.2, beta = 0.8)
 
 * ``r_format = 0.5 * [every assistant turn is well tagged and the trajectory ends with an answer]
   + 0.5 * [the final answer is a non-empty bracketed list of integers]``. The halves are independent.

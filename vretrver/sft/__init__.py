@@ -1,4 +1,5 @@
-"""Training data for the SFT and RFT stages (method.md section 3).
+"""Training data for the SFT and RFT stages of the paper's curriculum (teacher trajectories for SFT,
+rejection-sampled ones from the SFT model for RFT; RL follows).
 
 * :mod:`~vretrver.sft.hard_negatives`: rerank samples, the positive plus K-1 retriever hard negatives;
 * :mod:`~vretrver.sft.synthesis`: teacher synthesis and rejection sampling (episodes, filter, records);

@@ -1,6 +1,6 @@
 """The rule filter for synthesised and sampled trajectories, and the per-task statistics.
 
-A trajectory is kept when (method.md section 3):
+A trajectory is kept when (the paper's rule filter, for SFT and RFT data alike):
 
 * the engine produced every turn (``engine_error`` otherwise);
 * every assistant turn is well formed: ``<think>...</think>`` then one ``<tool_call>`` or one
