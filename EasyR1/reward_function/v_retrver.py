@@ -1,7 +1,9 @@
 """The V-Retrver reward for verl: ``reward.custom_reward_function.path=EasyR1/reward_function/v_retrver.py``.
 
-Edit VARIANT / OVERRIDES here, or pass them per run as
-``+reward.custom_reward_function.reward_kwargs.variant=public`` (and any constant, e.g. ``...k_r=3``).
+Edit VARIANT / OVERRIDES here, or pass them per run as hydra overrides. The recipes set the variant, so
+it is replaced without a ``+``: ``reward.custom_reward_function.reward_kwargs.variant=public``; a constant
+they do not set is added with one: ``+reward.custom_reward_function.reward_kwargs.k_r=3``. (``++``
+adds or replaces either.)
 Variants (vretrver.reward.VARIANTS): ``eapo`` (the paper's EAPO reward, default), ``public`` (the public
 training code's reward), ``text-only`` (the RL-without-tools ablation).
 
