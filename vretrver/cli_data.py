@@ -268,9 +268,9 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
         "--model",
         help="student checkpoint: counts tokens against --cutoff-len and sets the crop-box convention",
     )
-    p.add_argument(
-        "--coordinates", choices=("qwen2.5-vl", "qwen3-vl"), help="crop-box convention (default: as recorded)"
-    )
+    from vretrver.tools import COORDINATES
+
+    p.add_argument("--coordinates", choices=COORDINATES, help="crop-box convention (default: as recorded)")
     p.add_argument("--profile", help="export profile (default: each record's export profile, v-retrver)")
     p.add_argument("--cutoff-len", type=int, default=32768)
     p.add_argument("--image-max-pixels", type=int, default=2_000_000)

@@ -4,36 +4,25 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-FAMILIES = {
-    "qwen2.5-vl": "qwen2.5-vl",
-    "qwen2_5_vl": "qwen2.5-vl",
-    "qwen3-vl": "qwen3-vl",
-    "qwen3_vl": "qwen3-vl",
-}
-_MODEL_TYPES = {
-    "qwen2_vl": "qwen2.5-vl",
-    "qwen2_5_vl": "qwen2.5-vl",
-    "qwen3_vl": "qwen3-vl",
-    "qwen3_vl_moe": "qwen3-vl",
-}
+
+def family_choices() -> dict[str, str]:
+    """``--model-family`` values and the crop convention each one sets: every registered family's name,
+    and the conventions themselves."""
+    from vretrver.families import families
+    from vretrver.tools import COORDINATES
+
+    return {**{f.name: f.coordinates for f in families()}, **{c: c for c in COORDINATES}}
 
 
 def family_of_model(path: str) -> str:
-    """The crop-coordinate convention of a checkpoint, from its config.json model_type."""
-    from vretrver.engines.render import checkpoint_model_type
+    """The crop-coordinate convention of a checkpoint, from its family (config.json model_type)."""
+    from vretrver.families import family_of_checkpoint
 
-    cfg = Path(path) / "config.json"
     try:
-        model_type = checkpoint_model_type(path)
+        return family_of_checkpoint(path).coordinates
     except ValueError as e:
         raise SystemExit(f"--model: {e}") from None
-    if model_type not in _MODEL_TYPES:
-        raise SystemExit(
-            f"--model: {cfg}: model_type {model_type!r} is not a Qwen-VL family ({sorted(_MODEL_TYPES)})"
-        )
-    return _MODEL_TYPES[model_type]
 
 
 def cmd_build(ns: argparse.Namespace) -> int:
@@ -46,7 +35,7 @@ def cmd_build(ns: argparse.Namespace) -> int:
     from vretrver.samples import SampleError, iter_samples
 
     family = (
-        FAMILIES[ns.model_family]
+        family_choices()[ns.model_family]
         if ns.model_family
         else (family_of_model(ns.model) if ns.model else "qwen2.5-vl")
     )
@@ -119,7 +108,7 @@ def add_subcommands(subparsers: argparse._SubParsersAction) -> None:
     fam = p.add_mutually_exclusive_group()
     fam.add_argument(
         "--model-family",
-        choices=sorted(FAMILIES),
+        choices=sorted(family_choices()),
         help="the policy's family: sets the crop "
         "coordinate convention in the tool schema (default: qwen2.5-vl)",
     )

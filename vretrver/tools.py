@@ -91,14 +91,16 @@ class ToolConfig:
 
     @classmethod
     def from_processor(cls, processor: Any, **overrides: Any) -> ToolConfig:
-        """Read the resize settings (and the coordinate convention) off a Hugging Face processor."""
+        """Read the resize settings off a Hugging Face processor, and the coordinate convention off the
+        record of its model family (:func:`vretrver.families.family_of_processor`)."""
         ip = getattr(processor, "image_processor", processor)
         factor = int(getattr(ip, "patch_size", 14)) * int(getattr(ip, "merge_size", 2))
         size = getattr(ip, "size", None) or {}
         min_px = getattr(ip, "min_pixels", None) or size.get("shortest_edge") or 3136
         max_px = getattr(ip, "max_pixels", None) or size.get("longest_edge") or 12845056
-        family = type(processor).__name__.lower()
-        coords = "qwen3-vl" if "qwen3" in family else "qwen2.5-vl"
+        from vretrver.families import family_of_processor  # its records import this module
+
+        coords = family_of_processor(processor).coordinates
         kw = dict(coordinates=coords, factor=factor, min_pixels=int(min_px), max_pixels=int(max_px))
         kw.update(overrides)
         return cls(**kw)

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
-from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from vretrver.families import checkpoint_model_type  # noqa: F401 - re-exported for older imports
 from vretrver.images import load_image
 from vretrver.protocol import Conversation
 
@@ -53,12 +51,3 @@ def png_data_url(img: Image.Image) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=1)  # lossless either way; level 1 is several times faster
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-
-
-def checkpoint_model_type(model_path: str | os.PathLike) -> str | None:
-    """The ``model_type`` of a checkpoint folder's config.json (ValueError naming the file if unreadable)."""
-    cfg = Path(model_path) / "config.json"
-    try:
-        return json.loads(cfg.read_text(encoding="utf-8")).get("model_type")
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{cfg}: cannot read the model type ({e})") from None

