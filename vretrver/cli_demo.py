@@ -250,7 +250,7 @@ def _print_episodes(path: Path) -> None:
 
 
 def cmd_rerank(ns: argparse.Namespace) -> int:
-    from vretrver.evaluate import EvalConfig, _Reranker, rerank_task
+    from vretrver.evaluate import EvalConfig, Reranker, rerank_task
     from vretrver.protocol.profile import checkpoint_profile, profile_mismatch_warning
     from vretrver.report.viewer import TINY_NOTE, first_page, write_report
 
@@ -284,7 +284,7 @@ def cmd_rerank(ns: argparse.Namespace) -> int:
     warning = profile_mismatch_warning(ns.reranker, cfg.profile)
     if warning:
         print(warning, file=sys.stderr)
-    reranker = _Reranker(cfg)
+    reranker = Reranker(cfg)
     try:
         ranked = rerank_task(task, fs, cfg, out, reranker, progress=False)["query"]
     finally:
