@@ -139,7 +139,7 @@ def test_queries_and_ground_truth(nano_root: Path) -> None:
             labels = [detail["labels"][c] for c in gallery]
             assert len(set(labels)) == len(labels)  # one right answer per query
             assert detail["labels"][q.positives[0]] == detail["target"]
-            assert detail["target"] in q.query.text or detail["target"].split()[0] in q.query.text
+            assert detail["target"] in q.query.text
             if task.name == "nano_colour_shape":
                 colour, shape = (detail["marks"][q.positives[0]][k] for k in ("colour", "shape"))
                 others = [detail["marks"][c] for c in gallery if c != q.positives[0]]
@@ -309,7 +309,9 @@ def test_eval_machinery_runs_on_nano(nano_model: Path, nano_root: Path, tmp_path
     from vretrver.evaluate import EvalConfig, evaluate
     from vretrver.nano.data import benchmark_spec
 
-    registry.register(benchmark_spec(), replace=True)
+    added = "nano" not in registry.names()  # once the benchmark is built in, use its own spec
+    if added:
+        registry.register(benchmark_spec())
     try:
         cfg = EvalConfig(
             benchmark="nano",
@@ -324,7 +326,8 @@ def test_eval_machinery_runs_on_nano(nano_model: Path, nano_root: Path, tmp_path
         )
         out, summary = evaluate(cfg, tmp_path / "run", progress=False)
     finally:
-        registry.unregister("nano")
+        if added:
+            registry.unregister("nano")
     for task in TASKS:
         entry = summary["tasks"][task]
         assert entry["n_queries"] == 2 and entry["metric"] == "R@1"
