@@ -303,31 +303,51 @@ def test_model_folder_loads_and_generates(nano_model: Path, nano_root: Path) -> 
     assert out.shape[1] > n_prompt
 
 
-def test_eval_machinery_runs_on_nano(nano_model: Path, nano_root: Path, tmp_path: Path) -> None:
-    """The offline-free first stage (hash) and the reranking loop with the transformers engine."""
-    from vretrver.benchmarks import registry
-    from vretrver.evaluate import EvalConfig, evaluate
+def test_nano_is_a_builtin_benchmark(nano_root: Path) -> None:
+    from vretrver.benchmarks import load_benchmark, registry
+    from vretrver.cli import build_parser
     from vretrver.nano.data import benchmark_spec
 
-    added = "nano" not in registry.names()  # once the benchmark is built in, use its own spec
-    if added:
-        registry.register(benchmark_spec())
-    try:
-        cfg = EvalConfig(
-            benchmark="nano",
-            data_root=str(nano_root),
-            split="test",
-            limit=2,
-            retriever="hash",
-            reranker=str(nano_model),
-            engine="hf",
-            max_tool_calls=5,
-            max_new_tokens=24,
-        )
-        out, summary = evaluate(cfg, tmp_path / "run", progress=False)
-    finally:
-        if added:
-            registry.unregister("nano")
+    spec = registry.get_spec("nano")
+    assert spec is benchmark_spec() and "nano" in registry.names()
+    assert (spec.top_n, spec.window, spec.ks, spec.paper_metric) == (5, 5, (1, 2, 3), "R@1")
+    assert "nano" not in registry.files_table()  # it reads no files: nothing to list in the README's table
+    assert registry.paper_metric_of("nano_colour_shape") == "R@1"
+    tasks = load_benchmark("nano", nano_root, tasks=["nano_colour"], limit=2)
+    assert [t.name for t in tasks] == ["nano_colour"] and len(tasks[0].queries) == 2
+    ns = build_parser().parse_args(["eval", "--benchmark", "nano", "--retriever", "hash"])
+    assert ns.benchmark == "nano"
+
+
+def test_nano_checkpoint_is_a_qwen2_5_vl_family_member(nano_model: Path) -> None:
+    """The nano checkpoint is a Qwen2.5-VL (model_type qwen2_5_vl): it shares that family's record, so the
+    crop convention, LLaMA-Factory template and RL recipe follow without a record of its own."""
+    from vretrver.families import family_of_checkpoint, family_of_processor
+    from vretrver.tools import ToolConfig
+
+    assert family_of_checkpoint(nano_model).name == "qwen2_5_vl"
+    processor = _processor(nano_model)
+    assert family_of_processor(processor).name == "qwen2_5_vl"
+    cfg = ToolConfig.from_processor(processor)
+    assert (cfg.coordinates, cfg.min_pixels, cfg.max_pixels) == ("qwen2.5-vl", 56 * 56, 56 * 56)
+
+
+def test_eval_machinery_runs_on_nano(nano_model: Path, nano_root: Path, tmp_path: Path) -> None:
+    """The offline-free first stage (hash) and the reranking loop with the transformers engine."""
+    from vretrver.evaluate import EvalConfig, evaluate
+
+    cfg = EvalConfig(
+        benchmark="nano",
+        data_root=str(nano_root),
+        split="test",
+        limit=2,
+        retriever="hash",
+        reranker=str(nano_model),
+        engine="hf",
+        max_tool_calls=5,
+        max_new_tokens=24,
+    )
+    out, summary = evaluate(cfg, tmp_path / "run", progress=False)
     for task in TASKS:
         entry = summary["tasks"][task]
         assert entry["n_queries"] == 2 and entry["metric"] == "R@1"

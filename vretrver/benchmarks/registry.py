@@ -18,7 +18,7 @@ from vretrver.benchmarks.spec import BenchmarkSpec
 from vretrver.samples import TaskData
 
 # The benchmark modules of this package, in the order they are listed everywhere.
-BUILTIN = ("mbeir", "circo", "genecis", "visdial", "vist", "mtfiq", "tuxpaint")
+BUILTIN = ("mbeir", "circo", "genecis", "visdial", "vist", "mtfiq", "tuxpaint", "nano")
 
 _SPECS: dict[str, BenchmarkSpec] = {}
 # Views kept in step with the registry: name -> one-line description, name -> files read.
@@ -134,11 +134,11 @@ def load_benchmark(
 
 def files_table() -> str:
     """The README's table of the files each benchmark reads (a benchmark reading another's files, as the
-    held-out tasks read M-BEIR's, is left out)."""
+    held-out tasks read M-BEIR's, or none, as the generated nano benchmark, is left out)."""
     rows = ["| benchmark | files read |", "|---|---|"]
     seen: list[tuple[str, ...]] = []
     for s in specs():
-        if s.files in seen:
+        if not s.files or s.files in seen:
             continue
         seen.append(s.files)
         cells = "<br>".join(f"`{f.replace('|', chr(92) + '|')}`" for f in s.files)

@@ -321,20 +321,8 @@ def gallery_samples(task: TaskData) -> list[Sample]:
 
 
 def benchmark_spec():
-    """The benchmark's :class:`~vretrver.benchmarks.spec.BenchmarkSpec` (not registered by default:
-    ``vretrver.benchmarks.registry.register(benchmark_spec())`` makes ``--benchmark nano`` a choice)."""
-    from vretrver.benchmarks.spec import BenchmarkSpec
+    """The benchmark's :class:`~vretrver.benchmarks.spec.BenchmarkSpec`, registered as ``--benchmark nano``
+    (:mod:`vretrver.benchmarks.nano`)."""
+    from vretrver.benchmarks.nano import SPEC
 
-    return BenchmarkSpec(
-        name="nano",
-        description="synthetic: a small mark decides, lost at the nano model's input unless cropped",
-        reader=load_nano,
-        files=(),
-        paper_metric=METRIC,
-        tasks=TASKS,
-        splits=SPLITS,
-        top_n=DEFAULT_K,
-        window=DEFAULT_K,
-        needs_data_root=False,
-        ks=(1, 2, 3),
-    )
+    return SPEC
