@@ -13,12 +13,12 @@ import copy
 import types
 from pathlib import Path
 
+from vretrver.families import get_family
 from vretrver.integrations.verl.dataset import RLDataConfig, write_rl_parquet
 from vretrver.samples import Candidate, Query, Sample
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "EasyR1" / "configs"
-FAMILY = {"qwen2_5_vl": ("qwen2_5_vl_7b_rl", "qwen2.5-vl"), "qwen3_vl": ("qwen3_vl_8b_rl", "qwen3-vl")}
 
 SELECT3 = '<think>Compare the query with 2 and 4.</think><tool_call>\n{"name": "select_images", "arguments": {"target_images": [0, 2, 4]}}\n</tool_call>'
 CROP = '<think>Zoom into 2.</think><tool_call>\n{"name": "crop_image", "arguments": {"bbox_2d": [0.1, 0.1, 0.6, 0.6], "target_image": 2}}\n</tool_call>'
@@ -123,7 +123,7 @@ class InProcessRewardHandle:
 def compose_config(family: str, model: Path, tmp: Path, **overrides):
     from hydra import compose, initialize_config_dir
 
-    name, _ = FAMILY[family]
+    name = f"{get_family(family).recipe}_rl"  # the family's verl recipe
     items = {
         "actor_rollout_ref.model.path": str(model),
         "data.max_prompt_length": 4096,
@@ -148,7 +148,7 @@ class Rig:
 
         self.family, self.loop, self.tmp = family, loop, tmp
         self.sample = make_sample(photos)
-        self.coordinates = FAMILY[family][1]
+        self.coordinates = get_family(family).coordinates
         self.cfg = compose_config(family, model, tmp, **(overrides or {}))
         self.parquet = tmp / f"{family}.parquet"
         write_rl_parquet(
