@@ -146,7 +146,9 @@ class VRetrverAgentLoop(AgentLoopBase):
         self.tools = {t.name: t for t in (tools.tools if tools else [])}
         self.max_tool_calls = max_tool_calls
         self.response_length = self.rollout_config.response_length
-        self.im_end_id = _single_token_id(self.tokenizer, IM_END)
+        from vretrver.families import family_of_processor  # the token that closes the family's turns
+
+        self.im_end_id = _single_token_id(self.tokenizer, family_of_processor(self.processor).turn_end_token)
         self.tool_call_end_id = _single_token_id(self.tokenizer, TOOL_CALL_END) if stop_at_tool_call else None
         if stop_at_tool_call and self.tool_call_end_id is None:
             logger.warning(
