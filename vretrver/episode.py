@@ -4,7 +4,9 @@ Feed it the model's turns with :meth:`Episode.step`; it runs the tools, appends 
 conversation and ends with a final ranking (a full permutation of the candidate numbers). It counts
 valid and invalid tool calls and keeps the whole trajectory for the viewer and for SFT export.
 
-Rules (method.md section 2):
+The rules live in :class:`TurnRule`, which the verl agent loop
+(:mod:`vretrver.integrations.verl.agent_loop`) drives too, so evaluation and RL rollouts decide every turn
+the same way (method.md section 2):
 
 * at most ``max_tool_calls`` tool calls (valid or not); a tool call after that ends the episode with no
   answer;
@@ -28,6 +30,7 @@ from vretrver.protocol import (
     Conversation,
     ImageLike,
     ParsedTurn,
+    ToolCall,
     build_conversation,
     load_profile,
     normalize_ranking,
@@ -55,6 +58,64 @@ class StepResult:
     images: list[Image.Image] = field(default_factory=list)
 
 
+ANSWER, TOOL_CALL, END = "answer", "tool_call", "end"
+
+
+@dataclass
+class TurnDecision:
+    """What the protocol does with one assistant turn: ``kind`` is ``"answer"`` (the episode ends with
+    the turn's answer), ``"end"`` (it ends without one, for ``end_reason``) or ``"tool_call"`` (run
+    ``call``, then show the observation :meth:`TurnRule.observe` renders)."""
+
+    kind: str
+    parsed: ParsedTurn
+    call: ToolCall | None = None
+    end_reason: str | None = None
+
+
+class TurnRule:
+    """The episode rule, one copy for evaluation and RL: what a turn may do, when the episode ends, and
+    what the model sees after a tool call. It counts the tool calls, valid or not, against the budget.
+
+    * the profile's action rule reads the turn (:meth:`Profile.turn_action`): an answer ends the episode,
+      a malformed turn ends it without an answer;
+    * a tool call beyond ``max_tool_calls`` (or under a profile without tools) ends it without an answer;
+    * any other tool call runs (by the caller), and its result comes back through the profile's
+      observation template.
+    """
+
+    def __init__(self, profile: Profile, max_tool_calls: int):
+        self.profile = profile
+        self.max_tool_calls = max_tool_calls
+        self.n_valid_calls = 0
+        self.n_invalid_calls = 0
+
+    @property
+    def n_tool_calls(self) -> int:
+        return self.n_valid_calls + self.n_invalid_calls
+
+    def decide(self, text: str) -> TurnDecision:
+        parsed = parse_turn(text)
+        kind, call, reason = self.profile.turn_action(text, parsed)
+        if kind == "answer":
+            return TurnDecision(ANSWER, parsed, end_reason="answer")
+        if kind == "malformed":
+            return TurnDecision(END, parsed, end_reason="malformed turn: " + (reason or ""))
+        if not self.profile.uses_tools or self.n_tool_calls >= self.max_tool_calls:
+            return TurnDecision(END, parsed, end_reason="tool call beyond the budget")
+        return TurnDecision(TOOL_CALL, parsed, call=call)
+
+    def observe(self, result: ToolResult) -> tuple[list[dict[str, Any]], list[ImageLike]]:
+        """Count a tool call's result; the message parts (and images) the model sees next."""
+        if result.valid:
+            self.n_valid_calls += 1
+        else:
+            self.n_invalid_calls += 1
+        return observation_message(
+            self.profile, result.tool, result.indices, result.images, result.error, result.valid
+        )
+
+
 class Episode:
     """A reranking conversation over ``sample.candidates`` (numbered 1..K in their current order)."""
 
@@ -74,13 +135,12 @@ class Episode:
         self.profile = load_profile(profile)
         # The profile says whose tool server the tools imitate (error texts, checks).
         self.tool_config = (tool_config or ToolConfig()).for_profile(self.profile)
-        self.max_tool_calls = self.profile.max_tool_calls if max_tool_calls is None else max_tool_calls
+        budget = self.profile.max_tool_calls if max_tool_calls is None else max_tool_calls
+        self.rule = TurnRule(self.profile, budget)
         self.conversation: Conversation = build_conversation(
-            sample, self.profile, self.tool_config.coordinates, self.max_tool_calls
+            sample, self.profile, self.tool_config.coordinates, budget
         )
         self.turns: list[Turn] = []
-        self.n_valid_calls = 0
-        self.n_invalid_calls = 0
         self.answer: list[int] | None = None  # the model's answer, as parsed
         self.ranking: list[int] | None = None  # the normalised permutation, once done
         self.done = False
@@ -99,8 +159,20 @@ class Episode:
         return len(self.sample.candidates)
 
     @property
+    def max_tool_calls(self) -> int:
+        return self.rule.max_tool_calls
+
+    @property
+    def n_valid_calls(self) -> int:
+        return self.rule.n_valid_calls
+
+    @property
+    def n_invalid_calls(self) -> int:
+        return self.rule.n_invalid_calls
+
+    @property
     def n_tool_calls(self) -> int:
-        return self.n_valid_calls + self.n_invalid_calls
+        return self.rule.n_tool_calls
 
     @property
     def answered(self) -> bool:
@@ -115,28 +187,18 @@ class Episode:
         """Give the model's turn; get the observation to show next, or the end of the episode."""
         if self.done:
             raise RuntimeError("the episode has ended")
-        parsed = parse_turn(text)
-        self.turns.append(Turn("assistant", text, parsed=parsed))
+        decision = self.rule.decide(text)
+        self.turns.append(Turn("assistant", text, parsed=decision.parsed))
         self.conversation.add_assistant(text)
-        kind, call, reason = self.profile.turn_action(text, parsed)
-        if kind == "answer":
-            self.answer = parsed.answer
-            self._finish("answer")
+        if decision.kind == ANSWER:
+            self.answer = decision.parsed.answer
+            self._finish(decision.end_reason)
             return StepResult("answer")
-        if kind == "malformed":
-            self._finish("malformed turn: " + (reason or ""))
+        if decision.kind == END:
+            self._finish(decision.end_reason)
             return StepResult("ended")
-        if not self.profile.uses_tools or self.n_tool_calls >= self.max_tool_calls:
-            self._finish("tool call beyond the budget")
-            return StepResult("ended")
-        result = run_tool(call, self._images, self.tool_config, self.profile.tools)
-        if result.valid:
-            self.n_valid_calls += 1
-        else:
-            self.n_invalid_calls += 1
-        parts, shown = observation_message(
-            self.profile, result.tool, result.indices, result.images, result.error, result.valid
-        )
+        result = run_tool(decision.call, self._images, self.tool_config, self.profile.tools)
+        parts, shown = self.rule.observe(result)
         self.conversation.add_user(parts, shown)
         obs_text = "".join(p.get("text", "") if p["type"] == "text" else "<image>" for p in parts)
         self.turns.append(Turn("tool", obs_text, tool=result, images=list(result.images)))

@@ -84,7 +84,9 @@ class Profile:
     description: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
     templates: dict[str, jinja2.Template] = field(default_factory=dict, repr=False)
-    _tool_texts: dict[str, jinja2.Template] = field(default_factory=dict, repr=False)
+    _tool_texts: dict[str, jinja2.Template] = field(
+        default_factory=dict, repr=False, init=False, compare=False
+    )
 
     @property
     def uses_tools(self) -> bool:

@@ -1,7 +1,8 @@
 """verl (0.9.1) integration: RL data, tool classes, the multi-turn agent loop and the reward entry.
 
-* :mod:`.dataset`: samples -> the parquet verl's ``RLHFDataset`` reads (no verl import needed);
-* :mod:`.tools`: ``select_images`` / ``crop_image`` as verl tools, running :mod:`vretrver.tools`;
+* :mod:`.dataset`: samples -> the parquet verl's ``RLHFDataset`` reads (no verl import needed), checked
+  by :mod:`.validation`;
+* :mod:`.tools`: every registered tool as a verl tool (one class), running :mod:`vretrver.tools`;
 * :mod:`.agent_loop`: ``vretrver_agent``, the agent loop that renders our protocol exactly;
 * :mod:`.reward`: ``compute_score`` for verl's reward manager (:mod:`vretrver.reward` underneath).
 

@@ -3,19 +3,21 @@
 verl's own ``ToolAgentLoop`` cannot apply our prompt exactly: it renders the chat template with
 ``tools=`` (Qwen3-VL's template then adds a second tool block to our system prompt), sends tool results
 as ``tool`` messages (Qwen2.5-VL's template has no such role), and parses calls with its own parser.
-This loop instead follows :class:`vretrver.episode.Episode`, rule for rule:
+This loop instead drives :class:`vretrver.episode.TurnRule`, the rule evaluation's
+:class:`vretrver.episode.Episode` drives:
 
 * the prompt is the parquet's conversation (our system prompt already declares the tools), rendered by
   the checkpoint's chat template with no ``tools=`` argument, with the original images, as evaluation does;
-* each assistant turn is parsed by :func:`vretrver.protocol.parse_turn` and read by the profile's action
-  rule (:meth:`vretrver.protocol.Profile.turn_action`); the profile's tool dialect decides how a call is
-  checked and which error texts come back (:class:`vretrver.tools.ToolConfig`); generation stops at
-  ``</tool_call>`` as the evaluation engines do, and the ``<|im_end|>`` the chat template closes the turn
-  with is added as context (loss mask 0);
+* the rule reads each assistant turn (:meth:`vretrver.episode.TurnRule.decide`: the profile's action rule
+  over :func:`vretrver.protocol.parse_turn`); the profile's tool dialect decides how a call is checked and
+  which error texts come back (:class:`vretrver.tools.ToolConfig`); generation stops at ``</tool_call>``
+  as the evaluation engines do, and the token the chat template closes the turn with is added as context
+  (loss mask 0);
 * an answer or a malformed turn ends the trajectory; a tool call beyond the budget (valid or not) ends it
-  with no answer; otherwise the tool runs (the verl tool classes of :mod:`.tools`, hence
-  :mod:`vretrver.tools`), and its result, rendered by the profile's observation template, comes back as
-  a user message with one image part per returned image;
+  with no answer; otherwise the tool runs (a verl tool of :mod:`.tools` for every tool of the sample's
+  profile, hence :mod:`vretrver.tools`), and its result, rendered by the rule
+  (:meth:`vretrver.episode.TurnRule.observe`), comes back as a user message with one image part per
+  returned image;
 * observation tokens and the chat template's turn boundaries have loss mask 0; only tokens the model
   generated have mask 1.
 
@@ -35,15 +37,18 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import uuid4
 
 from PIL import Image
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput, ToolListWrap, register
 
+from vretrver.episode import TOOL_CALL, TurnRule
 from vretrver.integrations.verl import AGENT_NAME, ROLLOUT_RECORD_KEY, SAMPLE_INFO_KEY
-from vretrver.protocol import ToolCall, load_profile, observation_message, parse_turn
+from vretrver.integrations.verl.tools import tool_for
+from vretrver.protocol import Profile, ToolCall, load_profile
 from vretrver.tools import ToolConfig, ToolResult, image_table, load_image, resolve_call
 
 logger = logging.getLogger(__file__)
@@ -86,6 +91,22 @@ class RolloutSpec:
 def _single_token_id(tokenizer: Any, text: str) -> int | None:
     ids = tokenizer.encode(text, add_special_tokens=False)
     return int(ids[0]) if len(ids) == 1 else None
+
+
+@dataclass
+class _Trajectory:
+    """One rollout as it grows: the token ids (prompt and response), the response's loss mask and
+    log-probs, the images so far, the chat messages and the assistant turns as generated."""
+
+    ids: list[int]
+    messages: list[dict[str, Any]]
+    images: list[Any]
+    mask: list[int] = field(default_factory=list)
+    logprobs: list[float] | None = None
+    turns: list[str] = field(default_factory=list)
+    n_observations: int = 0
+    extra_fields: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=lambda: {"generate_sequences": 0.0, "tool_calls": 0.0})
 
 
 _PIL_LOCK = threading.Lock()
@@ -161,149 +182,155 @@ class VRetrverAgentLoop(AgentLoopBase):
     async def run(self, sampling_params: dict[str, Any], **kwargs: Any) -> AgentLoopOutput:
         spec = RolloutSpec.from_extra_info(kwargs.get("extra_info"))
         profile = load_profile(spec.profile)
-        budget = self.max_tool_calls if self.max_tool_calls is not None else spec.max_tool_calls
+        rule = TurnRule(
+            profile, self.max_tool_calls if self.max_tool_calls is not None else spec.max_tool_calls
+        )
         if profile.uses_tools and spec.coordinates != self.tool_config.coordinates:
             raise ValueError(
                 f"{AGENT_NAME}: the RL data was built for {spec.coordinates} crop coordinates but the model's "
                 f"processor uses {self.tool_config.coordinates}; rebuild it with the matching --model-family"
             )
-        allowed = [t for t in profile.tools if t in self.tools]
-        missing = [t for t in profile.tools if t not in self.tools]
-        if missing:
-            raise ValueError(
-                f"{AGENT_NAME}: profile {profile.name!r} uses tools {missing} that the tool config does not "
-                "load (actor_rollout_ref.rollout.multi_turn.tool_config_path)"
-            )
         tool_config = self.tool_config.for_profile(profile)  # the profile's tool dialect
+        tools = self._tools_for(spec.profile, profile)
         tools_kwargs = kwargs.get("tools_kwargs") or {}
         messages, images = await self.loop.run_in_executor(None, prompt_messages, kwargs["raw_prompt"])
         table = image_table([images[p] if 0 <= p < len(images) else None for p in spec.image_map])
-        timing = {"generate_sequences": 0.0, "tool_calls": 0.0}
-        request_id = uuid4().hex
+
+        async def call_tool(call: ToolCall) -> ToolResult:
+            return await self._call_tool(call, table, tools, tools_kwargs, profile.tools, tool_config)
 
         prompt_ids = await self.ct_build_initial_tokens(messages, tools=None, images=images or None)
-        ids = list(prompt_ids)
-        mask: list[int] = []
-        logprobs: list[float] | None = None
-        all_images = list(images)
-        turns: list[str] = []
-        n_valid = n_invalid = n_observations = 0
-        end_reason = ""
-        extra_fields: dict[str, Any] = {}
+        traj = _Trajectory(ids=list(prompt_ids), messages=messages, images=list(images))
+        end_reason = await self._play(traj, rule, sampling_params, call_tool)
+        return self._output(traj, rule, spec, end_reason)
 
-        L = self.response_length
+    def _tools_for(self, profile_ref: str, profile: Profile) -> dict[str, Any]:
+        """A verl tool per tool of the profile: the tool config's, else one built from the tool registry."""
+        return {name: self.tools.get(name) or tool_for(profile_ref, name) for name in profile.tools}
+
+    async def _play(
+        self,
+        traj: _Trajectory,
+        rule: TurnRule,
+        sampling_params: dict[str, Any],
+        call_tool: Callable[[ToolCall], Awaitable[ToolResult]],
+    ) -> str:
+        """Generate turns and run tools until the rule ends the episode or the response budget is spent;
+        returns why it ended."""
+        request_id = uuid4().hex
         while True:
-            remaining = L - len(mask)
-            if remaining <= 0:
-                end_reason = "response length"
-                break
-            # Cap the turn by what is left of the response budget, so the reward never scores text that
-            # is cut from the training sequence.
-            params = {**sampling_params, "max_tokens": remaining}
-            if self.tool_call_end_id is not None and profile.uses_tools:
-                stops = set(params.get("stop_token_ids") or []) | {self.tool_call_end_id}
-                params["stop_token_ids"] = sorted(stops)
+            if len(traj.mask) >= self.response_length:
+                return "response length"
+            text, stop_reason = await self._generate(
+                traj, sampling_params, request_id, rule.profile.uses_tools
+            )
+            decision = rule.decide(text)
+            if stop_reason == "aborted":
+                return "aborted"
+            if decision.kind != TOOL_CALL:
+                return decision.end_reason
+            if len(traj.mask) >= self.response_length:
+                return "response length"
             t0 = time.perf_counter()
-            out = await self.server_manager.generate(
-                request_id=request_id, prompt_ids=ids, sampling_params=params, image_data=all_images or None
-            )
-            timing["generate_sequences"] += time.perf_counter() - t0
-            if not extra_fields:
-                extra_fields.update(out.extra_fields or {})
-            if out.log_probs and logprobs is None:
-                logprobs = [0.0] * len(mask)
-            merge, mask, new_logprobs = await self.ct_merge_assistant_token(
-                ids,
-                out.token_ids,
-                mask,
-                logprobs,
-                assistant_logprobs=out.log_probs if logprobs is not None else None,
-            )
-            ids = merge.token_ids
-            logprobs = new_logprobs if logprobs is not None else None
+            result = await call_tool(decision.call)
+            traj.timing["tool_calls"] += time.perf_counter() - t0
+            parts, shown = rule.observe(result)
+            if not await self._add_observation(traj, text, parts, shown):
+                return "response length"  # no room for the observation: the trajectory ends unanswered
 
-            text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
-            turns.append(text)
-            kind, call, reason = profile.turn_action(text, parse_turn(text))
-            if out.stop_reason == "aborted":
-                end_reason = "aborted"
-                break
-            if kind == "answer":
-                end_reason = "answer"
-                break
-            if kind == "malformed":
-                end_reason = "malformed turn: " + (reason or "")
-                break
-            if not profile.uses_tools or n_valid + n_invalid >= budget:
-                end_reason = "tool call beyond the budget"
-                break
-            if len(mask) >= L:
-                end_reason = "response length"
-                break
+    async def _generate(
+        self, traj: _Trajectory, sampling_params: dict[str, Any], request_id: str, uses_tools: bool
+    ) -> tuple[str, str | None]:
+        """One assistant turn appended to the trajectory (loss mask 1); its text and why generation stopped."""
+        # Cap the turn by what is left of the response budget, so the reward never scores text that is
+        # cut from the training sequence.
+        params = {**sampling_params, "max_tokens": self.response_length - len(traj.mask)}
+        if self.tool_call_end_id is not None and uses_tools:
+            stops = set(params.get("stop_token_ids") or []) | {self.tool_call_end_id}
+            params["stop_token_ids"] = sorted(stops)
+        t0 = time.perf_counter()
+        out = await self.server_manager.generate(
+            request_id=request_id, prompt_ids=traj.ids, sampling_params=params, image_data=traj.images or None
+        )
+        traj.timing["generate_sequences"] += time.perf_counter() - t0
+        if not traj.extra_fields:
+            traj.extra_fields.update(out.extra_fields or {})
+        if out.log_probs and traj.logprobs is None:
+            traj.logprobs = [0.0] * len(traj.mask)
+        merge, traj.mask, new_logprobs = await self.ct_merge_assistant_token(
+            traj.ids,
+            out.token_ids,
+            traj.mask,
+            traj.logprobs,
+            assistant_logprobs=out.log_probs if traj.logprobs is not None else None,
+        )
+        traj.ids = merge.token_ids
+        traj.logprobs = new_logprobs if traj.logprobs is not None else None
+        text = self.tokenizer.decode(out.token_ids, skip_special_tokens=True)
+        traj.turns.append(text)
+        return text, out.stop_reason
 
-            t0 = time.perf_counter()
-            result = await self._call_tool(call, table, tools_kwargs, allowed, tool_config)
-            timing["tool_calls"] += time.perf_counter() - t0
-            if result.valid:
-                n_valid += 1
-            else:
-                n_invalid += 1
-            parts, shown = observation_message(
-                profile, result.tool, result.indices, result.images, result.error, result.valid
-            )
-            it = iter(shown)
-            content = [
-                {"type": "image", "image": next(it)} if p["type"] == "image" else dict(p) for p in parts
-            ]
+    async def _add_observation(
+        self, traj: _Trajectory, text: str, parts: list[dict[str, Any]], shown: list[Any]
+    ) -> bool:
+        """Append the turn's end and the observation as context (loss mask 0); False when it does not fit."""
+        it = iter(shown)
+        content = [{"type": "image", "image": next(it)} if p["type"] == "image" else dict(p) for p in parts]
+        # The chat template closes an assistant turn with its end token; generation stopped before it.
+        if self.im_end_id is not None and (not traj.ids or traj.ids[-1] != self.im_end_id):
+            traj.ids = traj.ids + [self.im_end_id]
+            traj.mask = traj.mask + [0]
+            if traj.logprobs is not None:
+                traj.logprobs = traj.logprobs + [0.0]
+        traj.messages.append({"role": "assistant", "content": text})
+        previous = list(traj.messages)
+        traj.messages.append({"role": "user", "content": content})
+        merge, new_mask, new_logprobs = await self.ct_merge_context_msg(
+            previous, traj.messages, traj.ids, traj.mask, traj.logprobs, tools=None
+        )
+        if len(new_mask) >= self.response_length:
+            return False
+        traj.ids, traj.mask = merge.token_ids, new_mask
+        if traj.logprobs is not None:
+            traj.logprobs = new_logprobs
+        traj.images.extend(shown)
+        traj.n_observations += 1
+        return True
 
-            # The chat template closes an assistant turn with <|im_end|>; generation stopped before it.
-            if self.im_end_id is not None and (not ids or ids[-1] != self.im_end_id):
-                ids = ids + [self.im_end_id]
-                mask = mask + [0]
-                if logprobs is not None:
-                    logprobs = logprobs + [0.0]
-            messages.append({"role": "assistant", "content": text})
-            previous = list(messages)
-            messages.append({"role": "user", "content": content})
-            merge, new_mask, new_logprobs = await self.ct_merge_context_msg(
-                previous, messages, ids, mask, logprobs, tools=None
-            )
-            if len(new_mask) >= L:  # no room for the observation: the trajectory ends unanswered
-                end_reason = "response length"
-                break
-            ids, mask = merge.token_ids, new_mask
-            if logprobs is not None:
-                logprobs = new_logprobs
-            all_images.extend(shown)
-            n_observations += 1
-
-        n_response = len(mask)
-        response_ids = ids[len(ids) - n_response :]
-        prompt_ids = ids[: len(ids) - n_response]
-        extra_fields[ROLLOUT_RECORD_KEY] = {
-            "turns": turns,
-            "n_valid_calls": n_valid,
-            "n_invalid_calls": n_invalid,
+    def _output(
+        self, traj: _Trajectory, rule: TurnRule, spec: RolloutSpec, end_reason: str
+    ) -> AgentLoopOutput:
+        L = self.response_length
+        n_response = len(traj.mask)
+        response_ids = traj.ids[len(traj.ids) - n_response :]
+        prompt_ids = traj.ids[: len(traj.ids) - n_response]
+        traj.extra_fields[ROLLOUT_RECORD_KEY] = {
+            "turns": traj.turns,
+            "n_valid_calls": rule.n_valid_calls,
+            "n_invalid_calls": rule.n_invalid_calls,
             "end_reason": end_reason,
             "num_candidates": spec.num_candidates,
             "truncated": n_response > L,
         }
-        extra_fields.update({"turn_scores": [], "tool_rewards": []})
+        traj.extra_fields.update({"turn_scores": [], "tool_rewards": []})
         return AgentLoopOutput(
             prompt_ids=prompt_ids,
             response_ids=response_ids[:L],
-            response_mask=mask[:L],
-            response_logprobs=logprobs[:L] if logprobs else None,
-            multi_modal_data={"images": all_images} if all_images else {},
-            num_turns=1 + len(turns) + n_observations,  # the prompt, the model's turns, the observations
-            metrics=timing,
-            extra_fields=extra_fields,
+            response_mask=traj.mask[:L],
+            response_logprobs=traj.logprobs[:L] if traj.logprobs else None,
+            multi_modal_data={"images": traj.images} if traj.images else {},
+            num_turns=1
+            + len(traj.turns)
+            + traj.n_observations,  # the prompt, the model's turns, the observations
+            metrics=traj.timing,
+            extra_fields=traj.extra_fields,
         )
 
     async def _call_tool(
         self,
         call: ToolCall,
         table: Any,
+        tools: dict[str, Any],
         tools_kwargs: dict[str, Any],
         allowed: list[str],
         tool_config: ToolConfig,
@@ -313,7 +340,7 @@ class VRetrverAgentLoop(AgentLoopBase):
             # Unparsable or unknown: the same error texts the evaluation harness shows.
             return resolved
         name, arguments = resolved
-        tool = self.tools[name]
+        tool = tools[name]
         create_kwargs = (tools_kwargs.get(name) or {}).get("create_kwargs") or {}
         instance_id, _ = await tool.create(create_kwargs=create_kwargs)
         try:

@@ -14,7 +14,8 @@ One row per sample (a query with K numbered candidates and at least one positive
 * ``agent_name``: ``vretrver_agent`` (our agent loop, :mod:`vretrver.integrations.verl.agent_loop`).
 
 The file is written with an explicit arrow schema (one type per column, no empty structs) through a
-temporary file renamed into place.
+temporary file renamed into place. Tool names come from the profile: a profile's tools get their
+``tools_kwargs`` whatever they are. Reading a file back and checking it is :mod:`.validation`'s part.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import random
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -32,19 +33,21 @@ from typing import Any
 from PIL import Image
 
 from vretrver.integrations.verl import AGENT_NAME, SAMPLE_INFO_KEY
-from vretrver.protocol import build_conversation, load_profile
+from vretrver.integrations.verl.validation import (  # noqa: F401 - the validation's names, re-exported
+    IMAGE_MARKER,
+    RLDataError,
+    read_rl_rows,
+    validate_rl_parquet,
+    validate_rl_row,
+)
+from vretrver.protocol import DEFAULT_PROFILE, build_conversation, load_profile
 from vretrver.samples import Candidate, Query, Sample
 from vretrver.tools import COORDINATES
 
-IMAGE_MARKER = "<image>"
 # RLHFDataset splits message text on these; a literal one in sample text would shift every image.
 RESERVED_MARKERS = ("<image>", "<video>", "<audio>")
 IMAGE_MODES = ("bytes", "path")
 ABILITY = "multimodal_reranking"
-
-
-class RLDataError(ValueError):
-    """A sample cannot become an RL row, or an RL parquet file is malformed (message names where)."""
 
 
 @dataclass(frozen=True)
@@ -90,9 +93,13 @@ class BuildReport:
 # --------------------------------------------------------------------------- schema
 
 
-def rl_schema(image_mode: str = "bytes", with_tools: bool = True):
-    """The arrow schema of an RL parquet file (one representation for ``images``)."""
+def rl_schema(image_mode: str = "bytes", tools: Sequence[str] | None = None):
+    """The arrow schema of an RL parquet file (one representation for ``images``) whose samples use
+    ``tools`` (default: the default profile's; none: no ``tools_kwargs`` column)."""
     import pyarrow as pa
+
+    if tools is None:
+        tools = load_profile(DEFAULT_PROFILE).tools
 
     image_type = (
         pa.struct([("bytes", pa.binary())]) if image_mode == "bytes" else pa.struct([("image", pa.string())])
@@ -112,9 +119,9 @@ def rl_schema(image_mode: str = "bytes", with_tools: bool = True):
         ("dataset", pa.string()),
         (SAMPLE_INFO_KEY, pa.struct(info)),
     ]
-    if with_tools:
+    if tools:
         per_tool = pa.struct([("create_kwargs", pa.struct([("image_map", pa.list_(pa.int64()))]))])
-        extra.append(("tools_kwargs", pa.struct([("select_images", per_tool), ("crop_image", per_tool)])))
+        extra.append(("tools_kwargs", pa.struct([(name, per_tool) for name in tools])))
     return pa.schema(
         [
             ("data_source", pa.string()),
@@ -247,9 +254,7 @@ def sample_to_row(
         SAMPLE_INFO_KEY: info,
     }
     if profile.uses_tools:
-        extra["tools_kwargs"] = {
-            name: {"create_kwargs": {"image_map": image_map}} for name in ("select_images", "crop_image")
-        }
+        extra["tools_kwargs"] = {name: {"create_kwargs": {"image_map": image_map}} for name in profile.tools}
     return {
         "data_source": cfg.data_source or f"vretrver/{s.dataset or s.task or 'rerank'}",
         "agent_name": cfg.agent_name,
@@ -294,7 +299,7 @@ def write_rl_parquet(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     report = BuildReport()
-    schema = rl_schema(cfg.image_mode, load_profile(cfg.profile).uses_tools)
+    schema = rl_schema(cfg.image_mode, load_profile(cfg.profile).tools)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
@@ -319,153 +324,3 @@ def write_rl_parquet(
             os.unlink(tmp)
         raise
     return report
-
-
-# --------------------------------------------------------------------------- validation
-
-
-def read_rl_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
-
-
-def _check(cond: bool, where: str, field_name: str, expected: str, got: Any = None) -> None:
-    if not cond:
-        shown = "" if got is None else f", got {str(got)[:80]!r}"
-        raise RLDataError(f"{where}: field '{field_name}': expected {expected}{shown}")
-
-
-def validate_rl_row(row: dict[str, Any], where: str, decode_images: bool = False) -> None:
-    """Check one row against what ``RLHFDataset`` and the agent loop need."""
-    prompt = row.get("prompt")
-    _check(isinstance(prompt, list) and len(prompt) >= 1, where, "prompt", "a list of messages", prompt)
-    for i, m in enumerate(prompt):
-        _check(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant"),
-            where,
-            f"prompt[{i}].role",
-            "system / user / assistant",
-            m,
-        )
-        _check(isinstance(m.get("content"), str), where, f"prompt[{i}].content", "a string", m.get("content"))
-    images = row.get("images") or []
-    n_markers = sum(m["content"].count(IMAGE_MARKER) for m in prompt)
-    _check(
-        n_markers == len(images), where, "images", f"{n_markers} images (one per <image> marker)", len(images)
-    )
-    kinds = {tuple(sorted(k for k, v in img.items() if v is not None)) for img in images}
-    _check(
-        len(kinds) <= 1 and kinds <= {("bytes",), ("image",)},
-        where,
-        "images",
-        "one representation: {'bytes'} or {'image': path}",
-        kinds,
-    )
-    if decode_images:
-        for j, img in enumerate(images):
-            try:
-                src = io.BytesIO(img["bytes"]) if img.get("bytes") is not None else img["image"]
-                with Image.open(src) as im:
-                    im.size  # noqa: B018
-            except (OSError, ValueError, KeyError, Image.DecompressionBombError) as e:
-                raise RLDataError(f"{where}: field 'images[{j}]': not a readable image ({e})") from None
-    rm = row.get("reward_model") or {}
-    gt = rm.get("ground_truth")
-    extra = row.get("extra_info") or {}
-    info = extra.get(SAMPLE_INFO_KEY)
-    _check(isinstance(info, dict), where, f"extra_info.{SAMPLE_INFO_KEY}", "an object")
-    k = info.get("num_candidates")
-    _check(
-        isinstance(k, int) and k >= 1,
-        where,
-        f"extra_info.{SAMPLE_INFO_KEY}.num_candidates",
-        "an integer >= 1",
-        k,
-    )
-    _check(
-        isinstance(gt, list) and gt and all(isinstance(g, int) and 1 <= g <= k for g in gt),
-        where,
-        "reward_model.ground_truth",
-        f"candidate numbers between 1 and {k}",
-        gt,
-    )
-    _check(
-        info.get("coordinates") in COORDINATES,
-        where,
-        f"extra_info.{SAMPLE_INFO_KEY}.coordinates",
-        f"one of {COORDINATES}",
-        info.get("coordinates"),
-    )
-    try:
-        profile = load_profile(info.get("profile"))
-    except Exception as e:
-        raise RLDataError(f"{where}: field 'extra_info.{SAMPLE_INFO_KEY}.profile': {e}") from None
-    image_map = info.get("image_map")
-    # Compact tool indices number only the candidates that have an image: the map may be shorter.
-    compact = profile.settings.get("candidate_image_index") == "compact"
-    _check(
-        isinstance(image_map, list)
-        and (1 <= len(image_map) <= k + 1 if compact else len(image_map) == k + 1)
-        and all(-1 <= p < len(images) for p in image_map),
-        where,
-        f"extra_info.{SAMPLE_INFO_KEY}.image_map",
-        f"{'at most ' if compact else ''}{k + 1} positions in -1..{len(images) - 1}",
-        image_map,
-    )
-    ids = info.get("candidate_ids")
-    _check(
-        isinstance(ids, list) and len(ids) == k,
-        where,
-        f"extra_info.{SAMPLE_INFO_KEY}.candidate_ids",
-        f"{k} ids",
-        ids,
-    )
-    budget = info.get("max_tool_calls")
-    _check(
-        isinstance(budget, int) and budget >= 0,
-        where,
-        f"extra_info.{SAMPLE_INFO_KEY}.max_tool_calls",
-        "an integer >= 0",
-        budget,
-    )
-    if profile.uses_tools:
-        tk = extra.get("tools_kwargs") or {}
-        for name in profile.tools:
-            got = ((tk.get(name) or {}).get("create_kwargs") or {}).get("image_map")
-            _check(
-                got == image_map,
-                where,
-                f"extra_info.tools_kwargs.{name}.create_kwargs.image_map",
-                "the sample's image map",
-                got,
-            )
-    _check(row.get("agent_name") == AGENT_NAME, where, "agent_name", repr(AGENT_NAME), row.get("agent_name"))
-
-
-def validate_rl_parquet(path: str | os.PathLike, decode_images: bool = False) -> dict[str, Any]:
-    """Validate every row of an RL parquet file; returns counts. Raises :class:`RLDataError`."""
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    if not path.is_file():
-        raise RLDataError(f"{path}: no such file")
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as e:
-        raise RLDataError(f"{path}: not a parquet file ({e})") from None
-    names = set(pf.schema_arrow.names)
-    missing = sorted({"prompt", "images", "reward_model", "extra_info", "data_source", "agent_name"} - names)
-    if missing:
-        raise RLDataError(f"{path}: missing columns {missing}")
-    n = 0
-    stats: Counter = Counter()
-    for batch in pf.iter_batches(batch_size=64):
-        for row in batch.to_pylist():
-            validate_rl_row(row, f"{path}: row {n}", decode_images)
-            stats["images"] += len(row.get("images") or [])
-            stats[f"profile={row['extra_info'][SAMPLE_INFO_KEY]['profile']}"] += 1
-            n += 1
-    if n == 0:
-        raise RLDataError(f"{path}: no rows")
-    return {"rows": n, **dict(stats)}

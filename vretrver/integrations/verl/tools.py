@@ -1,16 +1,17 @@
-"""``select_images`` and ``crop_image`` as verl tools (``verl.tools.base_tool.BaseTool``).
+"""Any registered tool as a verl tool (``verl.tools.base_tool.BaseTool``): one class for every tool.
 
-They run :mod:`vretrver.tools`, the code evaluation runs. Declared in a tool yaml
-(``EasyR1/configs/tools.yaml``)::
+:class:`VRetrverTool` runs the tool record that its ``config.name`` names (:mod:`vretrver.tool_registry`),
+through :func:`vretrver.tools.run_tool`, the code evaluation runs. Our agent loop builds the tools of each
+sample's profile itself (:func:`tool_for`); a tool yaml (``EasyR1/configs/tools.yaml``, written by
+:func:`tool_yaml_entries`) is what verl's own ``ToolAgentLoop`` loads, and lets a run override a tool's
+settings::
 
     tools:
-      - class_name: vretrver.integrations.verl.tools.SelectImagesTool
-        config: {type: native}
-      - class_name: vretrver.integrations.verl.tools.CropImageTool
-        config: {type: native}
+      - class_name: vretrver.integrations.verl.tools.VRetrverTool
+        config: {type: native, name: select_images, profile: v-retrver}
 
-``config`` may also hold ``profile`` (whose ``tools.json`` gives the schema when ``tool_schema`` is left
-out), ``coordinates`` and any :class:`vretrver.tools.ToolConfig` field as an override.
+``config`` may also hold ``coordinates`` and any :class:`vretrver.tools.ToolConfig` field as an override;
+the schema comes from the profile (``tool_schema`` left out).
 
 Each sample's images reach a tool through its per-sample arguments: ``create_kwargs.image_map`` (written
 by :mod:`.dataset`) maps tool image index (0 = query, k = candidate k) to a position among the prompt's
@@ -31,7 +32,7 @@ from verl.tools.base_tool import BaseTool
 from verl.tools.schemas import OpenAIFunctionToolSchema, ToolResponse
 
 from vretrver.protocol import DEFAULT_PROFILE, ToolCall, load_profile, observation_message
-from vretrver.tools import ToolConfig, ToolResult, image_table, run_tool
+from vretrver.tools import ToolConfig, ToolResult, get_tool, image_table, run_tool
 
 OBS_OPEN = "<tool_response>"
 OBS_CLOSE = "</tool_response>"
@@ -74,12 +75,15 @@ def observation_text(profile, result: ToolResult) -> str:
 
 
 class VRetrverTool(BaseTool):
-    """Base of the two tools: per-instance image map, dispatch to :func:`vretrver.tools.run_tool`."""
-
-    tool_name: str = ""
+    """The registered tool ``config["name"]`` (default: the name of ``tool_schema``) as a verl tool:
+    per-instance image map, dispatch to :func:`vretrver.tools.run_tool`."""
 
     def __init__(self, config: dict[str, Any] | None, tool_schema: OpenAIFunctionToolSchema | None):
         config = dict(config or {})
+        name = config.get("name") or (tool_schema.function.name if tool_schema is not None else None)
+        if not name:
+            raise ValueError(f"{type(self).__name__}: config needs 'name', the registered tool it runs")
+        self.tool_name = get_tool(name).name  # an unknown name fails here, listing the registered ones
         self.profile = load_profile(config.get("profile") or DEFAULT_PROFILE)
         self.overrides = _tool_config_overrides(config)
         self._coordinates = config.get("coordinates") or "qwen2.5-vl"
@@ -149,9 +153,23 @@ class VRetrverTool(BaseTool):
         self._instances.pop(instance_id, None)
 
 
-class SelectImagesTool(VRetrverTool):
-    tool_name = "select_images"
+CLASS_NAME = f"{VRetrverTool.__module__}.{VRetrverTool.__qualname__}"
+_BUILT: dict[tuple[str, str], VRetrverTool] = {}
 
 
-class CropImageTool(VRetrverTool):
-    tool_name = "crop_image"
+def tool_for(profile: str, name: str) -> VRetrverTool:
+    """The verl tool for registered tool ``name`` shown as profile ``profile`` shows it (built once)."""
+    key = (profile, name)
+    if key not in _BUILT:
+        _BUILT[key] = VRetrverTool({"type": "native", "name": name, "profile": profile}, None)
+    return _BUILT[key]
+
+
+def tool_yaml_entries(profile: str = DEFAULT_PROFILE) -> dict[str, Any]:
+    """The content of a verl tool yaml that loads every tool of ``profile`` (``tools.yaml`` is this for
+    the default profile)."""
+    tools = load_profile(profile).tools
+    entries = [
+        {"class_name": CLASS_NAME, "config": {"type": "native", "name": n, "profile": profile}} for n in tools
+    ]
+    return {"tools": entries}
