@@ -32,14 +32,10 @@ from vretrver.report.overview import episode_stats, summary_table, write_plots
 from vretrver.report.result_folder import QueryView, load_views
 from vretrver.report.thumbnails import LEGEND_THUMB, Picture, Thumbnails
 from vretrver.samples import Sample, atomic_write_text, safe_name
+from vretrver.tools import describe_call
 
 # What the report writes under each image a tool returned: a fixed caption, or None for the name of the
 # image the call picked (its window index). A tool not listed numbers its images.
-TOOL_CAPTIONS: dict[str, str | None] = {
-    "select_images": None,
-    "crop_image": "the zoomed crop the model saw",
-}
-BOX_CAPTION = "the box on the source image"  # a crop's box drawn on the image it was cut from
 TINY_NOTE = (
     "The reranker is a tiny randomly initialised model: its reranked numbers are meaningless; "
     "they only show that the pipeline runs end to end."
@@ -110,21 +106,17 @@ def _tool_turn(
     if tool.get("error") or not tool.get("valid", True):
         return {**turn, "invalid": True, "error": tool.get("error") or ""}
     indices = tool.get("indices") or []
-    what = ""
-    if name == "crop_image" and indices:
-        what = f"of {_index_name(indices[0], ids)}, box {tool.get('box')} (source pixels, padded)"
-    elif indices:
-        what = "returned " + ", ".join(_index_name(i, ids) for i in indices)
-    figures: list[Picture] = []
-    for j, fname in enumerate(t.get("images", [])):
-        caption = TOOL_CAPTIONS.get(name, f"image {j + 1}")
-        if caption is None:
-            caption = _index_name(indices[j], ids) if j < len(indices) else f"image {j + 1}"
-        figures.append(imgs.figure(traj_img / fname, caption, "toolimg"))
-    if name == "crop_image" and tool.get("box") and indices:
+    images = t.get("images", [])
+    # Headings and captions come from the tool's record (vretrver.tool_registry), so a new tool brings its own.
+    cap = describe_call(name, indices, tool.get("box"), len(images), lambda i: _index_name(i, ids))
+    what = cap.heading
+    figures: list[Picture] = [
+        imgs.figure(traj_img / fname, caption, "toolimg") for fname, caption in zip(images, cap.images)
+    ]
+    if cap.box:
         src = _source_image(s, ids, indices[0])
         if src:
-            figures.append(imgs.figure(src, BOX_CAPTION, "boxed", tuple(tool["box"])))
+            figures.append(imgs.figure(src, cap.box, "boxed", tuple(tool["box"])))
     return {**turn, "what": what, "figures": figures}
 
 
