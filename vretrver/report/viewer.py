@@ -34,8 +34,6 @@ from vretrver.report.thumbnails import LEGEND_THUMB, Picture, Thumbnails
 from vretrver.samples import Sample, atomic_write_text, safe_name
 from vretrver.tools import describe_call
 
-# What the report writes under each image a tool returned: a fixed caption, or None for the name of the
-# image the call picked (its window index). A tool not listed numbers its images.
 TINY_NOTE = (
     "The reranker is a tiny randomly initialised model: its reranked numbers are meaningless; "
     "they only show that the pipeline runs end to end."
