@@ -38,6 +38,9 @@ ROLE="${ROLE:-$([ "$NNODES" -gt 1 ] && echo head || echo single)}"
 RAY_PORT="${RAY_PORT:-6379}"
 PYTHON="${PYTHON:-python}"
 DEVICE="${DEVICE:-gpu}"
+# every process that imports verl also imports our rollout-dump module: the training dumps
+# (trainer.rollout_data_dir) then carry the reward's terms beside the score (vretrver/integrations/verl/rollout_dump.py)
+export VERL_USE_EXTERNAL_MODULES="vretrver.integrations.verl.rollout_dump${VERL_USE_EXTERNAL_MODULES:+,$VERL_USE_EXTERNAL_MODULES}"
 
 DEVICE_ARGS=()
 if [ "$DEVICE" = "cpu" ]; then

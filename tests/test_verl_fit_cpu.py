@@ -221,7 +221,10 @@ def test_run_rl_on_cpu_passes_the_cpu_settings(tmp_path, tiny_qwen25vl, sample_p
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "env.txt").read_text().split() == ["cpu", MODULE]
+    assert (tmp_path / "env.txt").read_text().split() == [
+        "cpu",
+        f"{MODULE},vretrver.integrations.verl.rollout_dump",
+    ]
     cfg = json.loads(composed.read_text())
     rollout = cfg["actor_rollout_ref"]["rollout"]
     assert rollout["enable_sleep_mode"] is False and rollout["free_cache_engine"] is False
