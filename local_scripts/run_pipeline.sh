@@ -30,20 +30,23 @@
 #                INFER_ARGS its settings as JSON; MAX_NEW_TOKENS per turn (default 1024; 128 for tiny)
 #   TRAIN_ARGS   key=value overrides for run_sft.sh / run_rft.sh (default on a machine without GPU: a short
 #                CPU run, see below; with GPUs: none, the recipes' settings); SFT_STEPS
-#                (120), RFT_STEPS (10), GLOBAL_BATCH (2), LR (tiny model: 1e-2 with the recipes' cosine
+#                (120), RFT_STEPS (4), GLOBAL_BATCH (2), LR (tiny model: 1e-2 with the recipes' cosine
 #                schedule and a 5 % warm-up: a random 64-wide model needs large steps to learn the format
 #                in ~100 steps of batch 2; 2e-2 stalls, batch 1 learns too little; otherwise 1e-5)
 #   RL_PYTHON    the python of the RL environment (default: .venv-rl with GPUs, else .venv-rl-cpu when it
 #                exists; without one the RL stage is skipped and evaluation takes the RFT checkpoint);
 #                RL_STEPS (default 2), RL_ARGS extra verl overrides (default on a CPU: 2 prompts x 4
 #                rollouts, short sequences, one worker each, a checkpoint at the last step)
-#   OUT          run folder (default runs/pipeline); STAGES (default all, in order) / SKIP: space- or
+#   OUT          run folder (default runs/pipeline, relative to the current directory); STAGES (default all, in order) / SKIP: space- or
 #                comma-separated stage names out of: samples teacher probe_base sft probe_sft rft_data rft
 #                rl eval
 #   PYTHON       the project's python (default .venv/bin/python, else python)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-runs/pipeline}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"  # relative to the directory the chain is started from
 cd "$ROOT"
 ALL_STAGES="samples teacher probe_base sft probe_sft rft_data rft rl eval"
 
@@ -84,9 +87,6 @@ PROBE_N="${PROBE_N:-4}"
 ENGINE="${ENGINE:-oracle}"
 TEACHER_MODEL="${TEACHER_MODEL:-$MODEL}"
 INFER_ENGINE="${INFER_ENGINE:-hf}"
-OUT="${OUT:-runs/pipeline}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
 DATA="$OUT/data"
 LF_DATA="$DATA/llamafactory"
 RL_STEPS="${RL_STEPS:-2}"
@@ -112,7 +112,7 @@ if [[ -z "${TRAIN_ARGS+x}" ]]; then
   fi
 fi
 SFT_STEPS="${SFT_STEPS:-120}"
-RFT_STEPS="${RFT_STEPS:-10}"
+RFT_STEPS="${RFT_STEPS:-4}"  # CPU: RFT trains on the few trajectories a tiny model gets accepted
 read -ra TRAIN <<< "$TRAIN_ARGS"
 SFT_EXTRA=("${TRAIN[@]}")
 RFT_EXTRA=("${TRAIN[@]}")

@@ -4,6 +4,7 @@ scripts), the Tux Paint training split, and ``local_scripts/run_pipeline.sh`` en
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -223,23 +224,80 @@ def _marker(out: Path, stage: str) -> dict:
     return json.loads((out / ".stages" / f"{stage}.json").read_text())
 
 
+def readme_chain_commands() -> list[str]:
+    """The `run_pipeline.sh` command lines of the README's block of chain commands (the lines a user copies)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text.split("<!-- the chain commands, run by tests/test_pipeline.py -->", 1)[1].split("```", 2)[1]
+    return [line for line in block.splitlines() if "local_scripts/run_pipeline.sh" in line]
+
+
+def _chain_env(cwd: Path) -> dict[str, str]:
+    # Only what says where things are differs from a user's shell: the script's path, offline model hub.
+    own = {"MODEL", "CONFIG", "OUTPUT_DIR", "DATASET", "OUT", "STAGES", "SKIP", "TRAIN_ARGS", "RL_ARGS"}
+    own |= {"RL_PYTHON", "SFT_STEPS", "RFT_K", "RFT_TEMPERATURE", "LR", "GLOBAL_BATCH", "PER_DEVICE_BATCH"}
+    own |= {"FAMILY", "RETRIEVER", "N_SAMPLES", "K", "PROBE_N", "RFT_STEPS", "RL_STEPS", "PYTHON"}
+    env = {k: v for k, v in os.environ.items() if k not in own}
+    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(cwd / "hf_datasets"), WANDB_MODE="disabled")
+    return env
+
+
+def _readme_chain(cwd: Path, command: str, **env: str) -> subprocess.Popen:
+    """Start one README chain command as written, from ``cwd`` (its run folder: ``cwd/runs/pipeline``)."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    line = command.replace("bash local_scripts/", f"bash {ROOT}/local_scripts/")
+    with open(cwd / "chain.log", "w") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            ["bash", "-c", line],
+            env={**_chain_env(cwd), **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+        )
+
+
+def _wait(proc: subprocess.Popen, cwd: Path, timeout: int = 3600) -> tuple[int, str]:
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    return code, (cwd / "chain.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def chains(tmp_path_factory) -> dict[int, tuple[Path, str, int, str]]:
+    """Both README chain commands, run side by side (one thread each: the machine has two cores)."""
+    runs = {}
+    for which, command in enumerate(readme_chain_commands()):
+        cwd = tmp_path_factory.mktemp(f"chain{which}")
+        runs[which] = (cwd, command, _readme_chain(cwd, command, OMP_NUM_THREADS="1"))
+    return {which: (cwd, command, *_wait(proc, cwd)) for which, (cwd, command, proc) in runs.items()}
+
+
+def test_the_readme_shows_the_chain_for_both_families():
+    commands = readme_chain_commands()
+    assert len(commands) == 2
+    assert "FAMILY=" not in commands[0] and "STAGES=" not in commands[0]  # every stage, Qwen2.5-VL
+    assert "FAMILY=qwen3_vl" in commands[1] and "sft probe_sft" in commands[1]
+
+
 @pytest.mark.chain
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "family,stages",
-    [
-        ("qwen2_5_vl", None),  # every stage
-        ("qwen3_vl", "samples teacher probe_base sft probe_sft"),  # through SFT
-    ],
+@pytest.mark.skipif(
+    not (ROOT / ".venv-rl-cpu" / "bin" / "python").exists(),
+    reason="the RL stage needs the CPU RL environment (bash local_scripts/setup.sh --rl-cpu)",
 )
-def test_run_pipeline_chains_the_stages_on_tuxpaint_with_a_tiny_model(tmp_path, request, family, stages):
-    model = Path(request.getfixturevalue("tiny_qwen25vl" if family == "qwen2_5_vl" else "tiny_qwen3vl"))
-    out = tmp_path / "run"
-    proc = _pipeline(out, model, family, **({"STAGES": stages} if stages else {}))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-8000:]
+@pytest.mark.parametrize("which", [0, 1], ids=["qwen2_5_vl-every-stage", "qwen3_vl-through-sft"])
+def test_run_pipeline_chains_the_stages_on_tuxpaint_with_a_tiny_model(chains, which):
+    cwd, command, code, log = chains[which]
+    family = "qwen3_vl" if "FAMILY=qwen3_vl" in command else "qwen2_5_vl"
+    stages = which == 1
+    out = cwd / "runs" / "pipeline"
+    assert code == 0, log[-10000:]
     summary = json.loads((out / "summary.json").read_text())
     commands = (out / "commands.sh").read_text()
     sft_data = "vretrver_sft" if family == "qwen2_5_vl" else "vretrver_sft_qwen3vl"
+    print(f"\n{family}: " + ", ".join(f"{k} {v.get('seconds', '-')} s" for k, v in summary["stages"].items()))
 
     # Each stage's output is where the next stage looks, and the commands say so.
     samples = out / "data" / "samples.jsonl"
@@ -255,7 +313,7 @@ def test_run_pipeline_chains_the_stages_on_tuxpaint_with_a_tiny_model(tmp_path, 
 
     # Format learning: well-formed turns of the same probe episodes before and after SFT.
     before, after = summary["probe_base"], summary["probe_sft"]
-    print(f"\n{family}: before SFT {before}\n{family}: after SFT {after}")
+    print(f"{family}: before SFT {before}\n{family}: after SFT {after}")
     assert before["episodes"] == after["episodes"] > 0
     assert after["well_formed_turn_rate"] > before["well_formed_turn_rate"]
     assert summary["teacher"]["sources"] == {"oracle (synthetic)": 24}
@@ -273,22 +331,44 @@ def test_run_pipeline_chains_the_stages_on_tuxpaint_with_a_tiny_model(tmp_path, 
     assert f"--model {out / 'sft'}" in commands and f"MODEL={out / 'sft'}" in commands
     assert (out / "rft" / "config.json").is_file()
 
-    # RL from the RFT checkpoint when an RL environment exists, else skipped with its reason.
-    rl = _marker(out, "rl")
-    final = out / "rft"
-    if rl["status"] == "done":
-        final = out / "rl" / "hf" / "latest"
-        assert (final / "config.json").is_file() and summary.get("rl", {}).get("steps")
-        assert f"MODEL={out / 'rft'}" in commands
-    else:
-        assert rl["status"] == "skipped" and "no RL environment" in rl["reason"]
-        print(f"{family}: RL stage skipped: {rl['reason']}")
+    # RL: verl's own trainer from the RFT checkpoint, N steps, a checkpoint, merged.
+    assert _marker(out, "rl")["status"] == "done"
+    steps = summary["rl"]["steps"]
+    print(f"{family}: RL per step {steps}")
+    assert [s["step"] for s in steps] == [1, 2] and all(s["rollouts"] == 8 for s in steps)
+    for s in steps:  # the EAPO reward and its terms, per step
+        assert {"score", "format", "rank", "tool"} <= set(s) and 0.0 <= s["score"] <= 1.2 + 1e-6
+    from test_verl_fit_cpu import step_metrics
+
+    logged = step_metrics((out / "rl" / "train.log").read_text())
+    assert sorted(logged) == [1, 2]
+    for m in logged.values():  # verl's own metrics: a finite update; vLLM sampled with the actor's weights
+        assert math.isfinite(m["actor/pg_loss"]) and math.isfinite(m["actor/grad_norm"])
+        assert m["training/rollout_probs_diff_mean"] < 0.05
+    assert (out / "rl" / "global_step_2" / "actor").is_dir()
+    final = out / "rl" / "hf" / "latest"
+    assert (final / "config.json").is_file() and f"MODEL={out / 'rft'}" in commands
+    _vision_encoder_unchanged(out / "rft", final)
     # The final checkpoint is evaluated by `vretrver eval`.
     assert "-m vretrver.cli eval" in commands and f"--reranker {final} --out {out / 'eval'}" in commands
     assert json.loads((out / "eval" / "summary.json").read_text())
     assert "Evaluation of the final checkpoint" in md
 
     # A second run finds every stage finished and only rewrites the summary.
-    again = _pipeline(out, model, family)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("done before, skipped") == (9 if rl["status"] == "done" else 8)
+    code, log = _wait(_readme_chain(cwd, command), cwd)
+    assert code == 0, log[-3000:]
+    assert log.count("done before, skipped") == 9
+
+
+def _vision_encoder_unchanged(start: Path, trained: Path) -> None:
+    """The RL update left the frozen vision encoder as it was."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    a = AutoModelForImageTextToText.from_pretrained(start, dtype=torch.float32).state_dict()
+    b = AutoModelForImageTextToText.from_pretrained(trained, dtype=torch.float32).state_dict()
+    assert a.keys() == b.keys()
+    moved = {k for k in a if not torch.equal(a[k], b[k])}
+    vision = {k for k in a if ".visual." in f".{k}"}
+    assert vision and not moved & vision  # (the language model moves at least by weight decay: not a test)
+    assert any("visual" not in k for k in moved)

@@ -279,6 +279,7 @@ def fit(tmp_path_factory, tiny_qwen25vl, sample_photos) -> dict:
     return {"ckpt": ckpt, "log": log, "work": work, "start": taught}
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 @needs_rl_cpu
 def test_two_grpo_steps_train_and_save_a_checkpoint(fit):
@@ -296,6 +297,7 @@ def test_two_grpo_steps_train_and_save_a_checkpoint(fit):
     assert (fit["ckpt"] / f"global_step_{STEPS}" / "actor" / "fsdp_config.json").is_file()
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 @needs_rl_cpu
 def test_rewards_differ_and_the_update_moves_the_language_model(fit, merged):
@@ -325,6 +327,7 @@ def merged(fit) -> Path:
     return out
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 @needs_rl_cpu
 def test_merged_checkpoint_is_the_trained_policy(fit, merged):
@@ -339,6 +342,7 @@ def test_merged_checkpoint_is_the_trained_policy(fit, merged):
     assert vision and not moved & vision  # the recipe freezes the vision encoder
 
 
+@pytest.mark.manual
 @pytest.mark.slow
 @needs_rl_cpu
 @pytest.mark.skipif(not DEFAULT_ROOT.is_dir(), reason=f"Tux Paint stamps are not installed at {DEFAULT_ROOT}")
