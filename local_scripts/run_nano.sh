@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# V-Retrver-nano on a CPU: the nano model (vretrver/nano) trained by the project's own stages on the nano
+# benchmark, then evaluated with and without tools. Each stage runs the command the README documents;
+# commands go to OUT/commands.sh, a finished stage leaves OUT/.stages/<stage>.json and a rerun resumes at
+# the first unfinished stage. OUT/summary.json (python -m vretrver.nano.pipeline summary) reports R@1 of
+# the first stage, of the reranker with tools and with tools disabled, the SFT loss, the RL reward per
+# step and the benchmark's checks. Numbers are on a synthetic benchmark.
+#
+#   bash local_scripts/run_nano.sh
+#   N_TRAIN=200 SFT_STEPS=60 TEST_N=40 RL_STEPS=0 OUT=/tmp/nano bash local_scripts/run_nano.sh   # a quick run
+#
+# Stages: samples (nano train queries, their k-image galleries, hash first stage) -> teacher (NanoTeacher
+# trajectories: a crop of every candidate's mark, reasoning naming each mark; exported for LLaMA-Factory)
+# -> sft (LLaMA-Factory, the Qwen2.5-VL recipe with CPU settings) -> eval_tools / eval_no_tools
+# (vretrver eval --benchmark nano, tool budget k / 0) -> rl (verl on CPU, EAPO reward; when .venv-rl-cpu
+# exists and RL_STEPS > 0) -> eval_rl_tools / eval_rl_no_tools -> summary.
+#
+# Settings (environment):
+#   MODEL       base checkpoint (default: the nano model, built on first use by vretrver.nano.model)
+#   TASKS       nano tasks (default nano_colour); K candidates per query (5)
+#   N_TRAIN     training queries (default 400); TEST_N evaluation queries per task (default 200, the test split)
+#   SFT_STEPS   optimiser steps (300); BATCH per step (4); LR (3e-3) held constant after WARMUP steps (20):
+#               a random model, vision tower included, learns from scratch (the recipe's cosine decay to 0
+#               over a few hundred steps ends before the format is learned)
+#   SFT_ARGS    further key=value overrides for LLaMA-Factory
+#   THREADS     torch / OpenMP threads per process (default 1: on a shared or busy CPU two threads that
+#               wait for each other made LLaMA-Factory's step 4-7x slower)
+#   RL_STEPS    verl steps (default 2; 0 skips RL); RL_PYTHON (default .venv-rl-cpu/bin/python); RL_ARGS
+#   MAX_NEW_TOKENS per turn (96); OUT run folder (runs/nano); STAGES / SKIP as in run_pipeline.sh
+#   PYTHON      the project's python (default .venv/bin/python)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+ALL_STAGES="samples teacher sft eval_tools eval_no_tools rl eval_rl_tools eval_rl_no_tools"
+
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
+PY="$PYTHON"
+export PATH="$(dirname "$(command -v "$PY")"):$PATH"  # llamafactory-cli of the same environment
+THREADS="${THREADS:-1}"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="$THREADS" MKL_NUM_THREADS="$THREADS"
+
+MODEL="${MODEL:-$("$PY" -c 'from vretrver.nano.model import nano_model_path; print(nano_model_path())' | tail -1)}"
+TASKS="${TASKS:-nano_colour}"
+K="${K:-5}"
+N_TRAIN="${N_TRAIN:-400}"
+TEST_N="${TEST_N:-200}"
+SFT_STEPS="${SFT_STEPS:-300}"
+BATCH="${BATCH:-4}"
+LR="${LR:-3.0e-3}"
+WARMUP="${WARMUP:-20}"
+RL_STEPS="${RL_STEPS:-2}"
+MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-96}"
+OUT="${OUT:-runs/nano}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+DATA="$OUT/data"
+LF_DATA="$DATA/llamafactory"
+SAMPLES="$DATA/samples.jsonl"
+SFT_OUT="$OUT/sft"
+RL_OUT="$OUT/rl"
+
+wanted() {
+  local s="$1" list
+  list=" $(echo "${STAGES:-$ALL_STAGES}" | tr ',' ' ') "
+  [[ "$list" == *" $s "* ]] || return 1
+  [[ " $(echo "${SKIP:-}" | tr ',' ' ') " == *" $s "* ]] && return 1
+  return 0
+}
+for s in $(echo "${STAGES:-} ${SKIP:-}" | tr ',' ' '); do
+  [[ " $ALL_STAGES " == *" $s "* ]] || { echo "run_nano.sh: unknown stage '$s' (stages: $ALL_STAGES)" >&2; exit 2; }
+done
+
+MARKS="$OUT/.stages"
+mkdir -p "$MARKS"
+"$PY" -c 'import json, sys; json.dump(dict(zip(sys.argv[2::2], sys.argv[3::2])), open(sys.argv[1], "w"), indent=2)' \
+  "$OUT/settings.json" model "$MODEL" tasks "$TASKS" k "$K" n_train "$N_TRAIN" test_n "$TEST_N" \
+  sft_steps "$SFT_STEPS" batch "$BATCH" lr "$LR" warmup "$WARMUP" rl_steps "$RL_STEPS" threads "$THREADS" \
+  sft_args "${SFT_ARGS:-}"
+
+run() {
+  local line
+  line="$(printf '%q ' "$@")"
+  echo "+ $line" >&2
+  echo "$line" >> "$OUT/commands.sh"
+  "$@"
+}
+START=0
+RAN=0  # once a stage runs, every later stage starts over: its input has changed
+begin() {
+  local s="$1"
+  wanted "$s" || { echo "== $s: not selected" >&2; return 1; }
+  if [[ "$RAN" == 1 && -f "$MARKS/$s.json" ]]; then rm -f "$MARKS/$s.json"; fi
+  if [[ -f "$MARKS/$s.json" ]]; then echo "== $s: done before, skipped (delete $MARKS/$s.json to redo it)" >&2; return 1; fi
+  RAN=1
+  echo "== $s" >&2
+  echo "# stage $s" >> "$OUT/commands.sh"
+  START=$(date +%s)
+  return 0
+}
+finish() {  # finish STAGE STATUS [REASON]
+  "$PY" -c 'import json, sys; json.dump({"status": sys.argv[2], "seconds": float(sys.argv[3]), **({"reason": sys.argv[4]} if sys.argv[4] else {})}, open(sys.argv[1], "w"))' \
+    "$MARKS/$1.json" "${2:-done}" "$(( $(date +%s) - START ))" "${3:-}"
+}
+
+EVAL=(--benchmark nano --tasks "$TASKS" --split test --limit "$TEST_N" --retriever hash --top-n "$K"
+      --window "$K" --reader-args "k=$K" --engine hf --max-new-tokens "$MAX_NEW_TOKENS"
+      --cache-dir "$OUT/cache" --quiet)
+
+# 1. training samples: each nano query's own gallery (k images, one positive), in the hash first stage's order.
+if begin samples; then
+  rm -rf "$DATA/first_stage"
+  run "$PY" -m vretrver.cli data samples --benchmark nano --tasks "$TASKS" --split train --limit "$N_TRAIN" \
+    --retriever hash --k "$K" --total "$N_TRAIN" --work-dir "$DATA/first_stage" --out "$SAMPLES"
+  finish samples
+fi
+
+# 2. NanoTeacher trajectories, exported as the SFT dataset.
+if begin teacher; then
+  rm -rf "$DATA/teacher" "$LF_DATA"
+  run "$PY" -m vretrver.nano.pipeline synthesize --samples "$SAMPLES" --out "$DATA/teacher" --max-tool-calls "$K"
+  run "$PY" -m vretrver.cli data export --records "$DATA/teacher" --data-dir "$LF_DATA" --name nano_sft \
+    --model "$MODEL"
+  finish teacher
+fi
+
+# 3. SFT with LLaMA-Factory: one CPU process, fp32, every module trained (the recipe freezes the vision
+#    tower, right for a pretrained model only), no gradient checkpointing (it recomputes the forward pass
+#    to save memory a 1.5M-parameter model does not need).
+if begin sft; then
+  read -ra EXTRA <<< "${SFT_ARGS:-}"
+  run env NPROC_PER_NODE=0 GLOBAL_BATCH="$BATCH" PER_DEVICE_BATCH="$BATCH" RESUME=never MODEL="$MODEL" \
+    OUTPUT_DIR="$SFT_OUT" DATASET=nano_sft bash local_scripts/run_sft.sh \
+    LLaMA-Factory/configs/qwen2_5_vl_7b_full_sft.yaml "dataset_dir=$LF_DATA" deepspeed=null bf16=false \
+    freeze_vision_tower=false freeze_multi_modal_projector=false disable_gradient_checkpointing=true \
+    "learning_rate=$LR" lr_scheduler_type=constant_with_warmup "warmup_steps=$WARMUP" "max_steps=$SFT_STEPS" \
+    save_steps=100000 logging_steps=10 plot_loss=false preprocessing_num_workers=1 dataloader_num_workers=0 cutoff_len=4096 "${EXTRA[@]}"
+  finish sft
+fi
+
+# 4. the SFT checkpoint on the test split: a crop per candidate allowed, then no tool call allowed.
+evaluate() {  # evaluate STAGE CHECKPOINT BUDGET
+  if begin "$1"; then
+    rm -rf "$OUT/$1"
+    run "$PY" -m vretrver.cli eval "${EVAL[@]}" --reranker "$2" --max-tool-calls "$3" --out "$OUT/$1"
+    finish "$1"
+  fi
+}
+evaluate eval_tools "$SFT_OUT" "$K"
+evaluate eval_no_tools "$SFT_OUT" 0
+
+# 5. RL (EAPO reward) with verl on the CPU, from the SFT checkpoint, merged into a Hugging Face folder.
+RLPY="${RL_PYTHON:-$ROOT/.venv-rl-cpu/bin/python}"
+if begin rl; then
+  if [[ "$RL_STEPS" -lt 1 ]]; then
+    finish rl skipped "RL_STEPS=0"
+  elif ! [[ -x "$RLPY" ]] || ! "$RLPY" -c "import verl, vllm, vretrver" >/dev/null 2>&1; then
+    finish rl skipped "no RL environment ($RLPY with verl, vLLM and vretrver: setup.sh --rl-cpu)"
+  else
+    rm -rf "$RL_OUT" && mkdir -p "$RL_OUT"
+    run "$PY" -m vretrver.cli rl data build "$SAMPLES" --model "$SFT_OUT" --out "$DATA/rl/train.parquet" \
+      --max-tool-calls "$K" --quiet
+    if [[ -z "${RL_ARGS+x}" ]]; then  # the CPU settings of run_pipeline.sh, with room for k crops
+      RL_ARGS="data.train_batch_size=2 actor_rollout_ref.rollout.n=4 actor_rollout_ref.actor.ppo_mini_batch_size=2"
+      RL_ARGS+=" data.max_prompt_length=1024 data.max_response_length=1536 data.dataloader_num_workers=0"
+      RL_ARGS+=" data.filter_overlong_prompts_workers=1 actor_rollout_ref.rollout.agent.num_workers=1"
+      RL_ARGS+=" reward.num_workers=1 actor_rollout_ref.rollout.max_num_seqs=8"
+      RL_ARGS+=" actor_rollout_ref.rollout.max_num_batched_tokens=8192"
+      RL_ARGS+=" actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes=128"
+      RL_ARGS+=" transfer_queue.backend.SimpleStorage.num_data_storage_units=1"
+      RL_ARGS+=" actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096 trainer.test_freq=-1"
+      RL_ARGS+=" trainer.save_freq=$RL_STEPS"
+      RL_ARGS+=" actor_rollout_ref.actor.optim.lr=1e-4 actor_rollout_ref.actor.optim.lr_warmup_steps=0"
+      export RAY_memory_monitor_refresh_ms=0
+    fi
+    read -ra RLX <<< "${RL_ARGS:-}"
+    set +e
+    run env PYTHON="$RLPY" DEVICE=cpu MODEL="$SFT_OUT" TRAIN_FILES="$DATA/rl/train.parquet" \
+      CONFIG=qwen2_5_vl_7b_rl CKPT_DIR="$RL_OUT" MERGE=1 bash local_scripts/run_rl.sh \
+      "trainer.total_training_steps=$RL_STEPS" "trainer.rollout_data_dir=$RL_OUT/rollouts" "${RLX[@]}" 2>&1 |
+      tee "$RL_OUT/train.log"
+    status="${PIPESTATUS[0]}"
+    set -e
+    [[ "$status" == 0 ]] || { echo "== rl: failed (log: $RL_OUT/train.log)" >&2; exit 1; }
+    finish rl
+  fi
+fi
+if [[ -e "$RL_OUT/hf/latest/config.json" ]]; then
+  evaluate eval_rl_tools "$RL_OUT/hf/latest" "$K"
+  evaluate eval_rl_no_tools "$RL_OUT/hf/latest" 0
+fi
+
+"$PY" -m vretrver.nano.pipeline summary "$OUT"
+echo "summary: $OUT/summary.json"

@@ -1,0 +1,183 @@
+"""The steps of ``local_scripts/run_nano.sh`` that have no command of their own, and its summary.
+
+    python -m vretrver.nano.pipeline synthesize --samples S --out DIR [--max-tool-calls K]
+        NanoTeacher trajectories for nano samples (from ``vretrver data samples --benchmark nano``),
+        through the same synthesis, filter and record files as ``vretrver data synthesize``
+    python -m vretrver.nano.pipeline summary OUT
+        OUT/summary.json: settings, stage times, the SFT loss, R@1 of the first stage, of the reranker with
+        tools and with tools disabled (and of the RL checkpoint), the RL reward per step, and the checks
+        the nano benchmark is meant to pass
+
+Every number is measured on the synthetic nano benchmark (:mod:`vretrver.nano.data`), not on a real one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from vretrver.samples import atomic_write_text
+
+NOTE = (
+    "Synthetic benchmark (V-Retrver-nano): generated images whose deciding mark is lost at the nano model's "
+    "56x56 input unless it crops. 'without tools' is the same checkpoint with a tool budget of 0: its first "
+    "tool call ends the episode, so the ranking falls back to the first stage's."
+)
+# evaluation folder -> label in the summary
+EVALS = {
+    "eval_tools": "sft_with_tools",
+    "eval_no_tools": "sft_without_tools",
+    "eval_rl_tools": "rl_with_tools",
+    "eval_rl_no_tools": "rl_without_tools",
+}
+
+
+def synthesize_nano(samples_path: str | os.PathLike, out: str | os.PathLike, max_tool_calls: int) -> dict:
+    """NanoTeacher trajectories (one per sample) written like ``vretrver data synthesize`` writes them."""
+    from vretrver.nano.data import tool_config
+    from vretrver.nano.teacher import NanoTeacher
+    from vretrver.samples import read_samples
+    from vretrver.sft import SynthesisConfig, synthesize
+
+    samples = read_samples(samples_path)
+    teacher = NanoTeacher(
+        samples=samples, profile="v-retrver", max_tool_calls=max_tool_calls, tool_config=tool_config()
+    )
+    cfg = SynthesisConfig(profile="v-retrver", attempts=1, max_tool_calls=max_tool_calls)
+    return synthesize(samples, teacher, out, cfg)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _sft_log(folder: Path) -> dict[str, Any] | None:
+    """Loss at the first and last logged steps and the training time, from LLaMA-Factory's trainer log."""
+    path = folder / "trainer_log.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    losses = [r for r in rows if "loss" in r]
+    if not losses:
+        return None
+    results = _read_json(folder / "train_results.json") or {}
+    runtime = results.get("train_runtime")
+    steps = losses[-1].get("current_steps")
+    return {
+        "steps": steps,
+        "first_loss": losses[0]["loss"],
+        "last_loss": losses[-1]["loss"],
+        "train_runtime_s": runtime,
+        "seconds_per_step": round(runtime / steps, 3) if runtime and steps else None,
+    }
+
+
+def _evaluation(folder: Path) -> dict[str, Any] | None:
+    from vretrver.sft.pipeline import turn_rates
+
+    summary = _read_json(folder / "summary.json")
+    if summary is None:
+        return None
+    out: dict[str, Any] = {"tasks": {}}
+    for task, entry in summary["tasks"].items():
+        out["tasks"][task] = {
+            "n_queries": entry["n_queries"],
+            "first_stage_R@1": entry["first_stage"]["R@1"],
+            "reranked_R@1": entry["reranked"]["R@1"],
+        }
+    if (folder / "trajectories").is_dir():
+        rates = turn_rates([folder / "trajectories"])
+        out["well_formed_turn_rate"] = rates.get("well_formed_turn_rate")
+        out["answered_rate"] = rates.get("answered_rate")
+    return out
+
+
+def _r1(evaluation: dict[str, Any] | None, key: str = "reranked_R@1") -> float | None:
+    """R@1 averaged over the tasks (weighted by queries)."""
+    if not evaluation or not evaluation["tasks"]:
+        return None
+    tasks = evaluation["tasks"].values()
+    n = sum(t["n_queries"] for t in tasks)
+    return round(sum(t[key] * t["n_queries"] for t in tasks) / n, 4) if n else None
+
+
+def collect(out: str | os.PathLike) -> dict[str, Any]:
+    """Everything ``summary.json`` reports, read from the run folder."""
+    from vretrver.sft.pipeline import rl_steps
+
+    out = Path(out)
+    stages = {}
+    for marker in sorted((out / ".stages").glob("*.json")):
+        stages[marker.stem] = _read_json(marker)
+    summary: dict[str, Any] = {"note": NOTE, "settings": _read_json(out / "settings.json") or {}}
+    summary["stages"] = stages
+    teacher = _read_json(out / "data" / "teacher" / "stats.json")
+    if teacher:
+        summary["teacher"] = {
+            "kept": teacher["all"]["kept"],
+            "acceptance_rate": teacher["all"]["acceptance_rate"],
+        }
+    summary["sft"] = _sft_log(out / "sft")
+    evals = {label: _evaluation(out / name) for name, label in EVALS.items()}
+    summary["eval"] = {k: v for k, v in evals.items() if v is not None}
+    steps = rl_steps(out / "rl" / "rollouts")
+    if steps:
+        summary["rl"] = {"steps": steps}
+    r1 = {label: _r1(e) for label, e in summary["eval"].items()}
+    first = _r1(evals.get("sft_with_tools"), "first_stage_R@1")
+    summary["R@1"] = {"first_stage": first, **r1}
+    summary["checks"] = _checks(first, r1, steps)
+    return summary
+
+
+def _checks(first: float | None, r1: dict[str, float | None], steps: list[dict[str, float]]) -> dict:
+    """What the nano benchmark is meant to show, each True / False (None: not measured in this run)."""
+    best = "rl" if r1.get("rl_with_tools") is not None else "sft"
+    tools, no_tools = r1.get(f"{best}_with_tools"), r1.get(f"{best}_without_tools")
+
+    def known(*xs: float | None) -> bool:
+        return all(x is not None for x in xs)
+
+    rewards = [s["score"] for s in steps if "score" in s]
+    return {
+        "checkpoint": best,
+        "R@1_with_tools_at_least_0.8": tools >= 0.8 if known(tools) else None,
+        "R@1_with_tools_above_first_stage": tools > first if known(tools, first) else None,
+        "tools_disabled_at_least_0.1_lower": tools - no_tools >= 0.1 if known(tools, no_tools) else None,
+        "rl_mean_reward_rising": rewards[-1] > rewards[0] if len(rewards) >= 2 else None,
+    }
+
+
+def write_summary(out: str | os.PathLike) -> dict[str, Any]:
+    summary = collect(out)
+    atomic_write_text(Path(out) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vretrver.nano.pipeline", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("synthesize", help="NanoTeacher trajectories for nano samples")
+    p.add_argument("--samples", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--max-tool-calls", type=int, default=5, help="crops per episode (at least k)")
+    p = sub.add_parser("summary", help="write OUT/summary.json")
+    p.add_argument("out")
+    ns = parser.parse_args(argv)
+    if ns.command == "synthesize":
+        stats = synthesize_nano(ns.samples, ns.out, ns.max_tool_calls)
+        print(f"kept {stats['all']['kept']} trajectories -> {ns.out}")
+    else:
+        summary = write_summary(ns.out)
+        print(json.dumps({"R@1": summary["R@1"], "checks": summary["checks"]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
