@@ -7,7 +7,7 @@
 # step and the benchmark's checks. Numbers are on a synthetic benchmark.
 #
 #   bash local_scripts/run_nano.sh
-#   N_TRAIN=200 SFT_STEPS=60 TEST_N=40 RL_STEPS=0 OUT=/tmp/nano bash local_scripts/run_nano.sh   # a quick run
+#   N_TRAIN=128 SFT_STEPS=150 TEST_N=8 RL_STEPS=0 OUT=/tmp/nano bash local_scripts/run_nano.sh   # the CI setting
 #
 # Stages: samples (nano train queries, their k-image galleries, hash first stage) -> teacher (NanoTeacher
 # trajectories: a crop of every candidate's mark, reasoning naming each mark; exported for LLaMA-Factory)
@@ -18,8 +18,8 @@
 # Settings (environment):
 #   MODEL       base checkpoint (default: the nano model, built on first use by vretrver.nano.model)
 #   TASKS       nano tasks (default nano_colour); K candidates per query (5)
-#   N_TRAIN     training queries (default 400); TEST_N evaluation queries per task (default 200, the test split)
-#   SFT_STEPS   optimiser steps (300); BATCH per step (4); LR (3e-3) held constant after WARMUP steps (20):
+#   N_TRAIN     training queries (default 1000); TEST_N evaluation queries per task (default 200, the test split)
+#   SFT_STEPS   optimiser steps (1200); BATCH per step (4); LR (1e-3) held constant after WARMUP steps (20):
 #               a random model, vision tower included, learns from scratch (the recipe's cosine decay to 0
 #               over a few hundred steps ends before the format is learned)
 #   SFT_ARGS    further key=value overrides for LLaMA-Factory
@@ -45,11 +45,11 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="$THREADS
 MODEL="${MODEL:-$("$PY" -c 'from vretrver.nano.model import nano_model_path; print(nano_model_path())' | tail -1)}"
 TASKS="${TASKS:-nano_colour}"
 K="${K:-5}"
-N_TRAIN="${N_TRAIN:-400}"
+N_TRAIN="${N_TRAIN:-1000}"
 TEST_N="${TEST_N:-200}"
-SFT_STEPS="${SFT_STEPS:-300}"
+SFT_STEPS="${SFT_STEPS:-1200}"
 BATCH="${BATCH:-4}"
-LR="${LR:-3.0e-3}"
+LR="${LR:-1.0e-3}"
 WARMUP="${WARMUP:-20}"
 RL_STEPS="${RL_STEPS:-2}"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-96}"
@@ -136,7 +136,8 @@ if begin sft; then
     LLaMA-Factory/configs/qwen2_5_vl_7b_full_sft.yaml "dataset_dir=$LF_DATA" deepspeed=null bf16=false \
     freeze_vision_tower=false freeze_multi_modal_projector=false disable_gradient_checkpointing=true \
     "learning_rate=$LR" lr_scheduler_type=constant_with_warmup "warmup_steps=$WARMUP" "max_steps=$SFT_STEPS" \
-    save_steps=100000 logging_steps=10 plot_loss=false preprocessing_num_workers=1 dataloader_num_workers=0 cutoff_len=4096 "${EXTRA[@]}"
+    save_steps=100000 logging_steps=10 plot_loss=false preprocessing_num_workers=1 dataloader_num_workers=0 \
+    cutoff_len=4096 "${EXTRA[@]}"
   finish sft
 fi
 
