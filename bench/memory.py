@@ -72,7 +72,7 @@ def run_one(args: argparse.Namespace) -> dict:
     """One size, in this process: write the samples, rerank them, report the peak RSS."""
     from PIL import Image
 
-    from vretrver.evaluate import _append_lines, query_rows
+    from vretrver.evaluate import append_lines, query_rows
     from vretrver.rerank import RerankConfig
     from vretrver.samples import iter_samples
     from vretrver.scheduler import rerank_continuous
@@ -99,8 +99,8 @@ def run_one(args: argparse.Namespace) -> dict:
     def save(done) -> None:
         nonlocal n_done
         rows = [query_rows(s, r, tool_dir) for s, r in done]
-        _append_lines(traj_path, [t for _, trajs in rows for t in trajs])
-        _append_lines(res_path, [r for r, _ in rows])
+        append_lines(traj_path, [t for _, trajs in rows for t in trajs])
+        append_lines(res_path, [r for r, _ in rows])
         n_done += len(rows)
 
     cfg = RerankConfig(top_n=args.top_n, window=20, stride=10, max_inflight=args.inflight)

@@ -20,11 +20,11 @@ from test_evaluate import IMG, SwapEngine, candidates_file, lines, mbeir, run_cl
 from vretrver.benchmarks.registry import load_benchmark
 from vretrver.evaluate import (
     EvalConfig,
-    _with_candidates,
     after_first_stage,
     evaluate,
     first_stage_runs,
     prepare_task,
+    with_candidates,
 )
 from vretrver.rerank import RerankConfig, rerank_windows
 from vretrver.retrieval.precomputed import (
@@ -328,7 +328,7 @@ def test_parquet_prompts_reach_the_reranked_samples(mbeir, tmp_path):  # noqa: F
     fs = first_stage_runs(task, cfg, out, {})
     q = next(q for q in task.queries if q.id == "9:3")
     rcfg = RerankConfig(top_n=5, window=3, stride=2)
-    (res,) = rerank_windows([_with_candidates(q, fs[q.id], task)], SwapEngine(), rcfg)
+    (res,) = rerank_windows([with_candidates(q, fs[q.id], task)], SwapEngine(), rcfg)
     assert [ep.sample.meta["parquet_prompt"] for ep in res.episodes] == [want[9 * 500_000 + 3]] * 2
     with pytest.raises(ValueError, match="--parquet-prompts needs --retriever precomputed:PATH.parquet"):
         EvalConfig(benchmark="mbeir", retriever="offline", parquet_prompts=True).check()

@@ -383,10 +383,10 @@ def expected_images(text: str, slots: list[str | None], cfg: ToolConfig) -> list
     if name == "select_images":
         return [select_images({"target_images": [0]}, [slots[i]], cfg).images[0] for i in a["target_images"]]
     from vretrver.images import load_image
-    from vretrver.tools import _resize_out
+    from vretrver.tools import resize_for_model
 
     img = load_image(slots[int(a["target_image"])])
-    return [_resize_out(img.crop(_release_crop_box(a["bbox_2d"], *img.size)), cfg)]
+    return [resize_for_model(img.crop(_release_crop_box(a["bbox_2d"], *img.size)), cfg)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -992,7 +992,7 @@ def test_profile_extends_and_settings_are_checked(tmp_path):
 
 
 def _fresh(folder: Path):
-    from vretrver.protocol.profile import _load
+    from vretrver.protocol.profile import clear_profile_cache
 
-    _load.cache_clear()  # profiles are cached by folder; these tests rewrite one
+    clear_profile_cache()  # profiles are cached by folder; these tests rewrite one
     return load_profile(str(folder))

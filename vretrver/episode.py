@@ -6,7 +6,7 @@ valid and invalid tool calls and keeps the whole trajectory for the viewer and f
 
 The rules live in :class:`TurnRule`, which the verl agent loop
 (:mod:`vretrver.integrations.verl.agent_loop`) drives too, so evaluation and RL rollouts decide every turn
-the same way (method.md section 2):
+the same way (the paper's multi-turn reranking call):
 
 * at most ``max_tool_calls`` tool calls (valid or not); a tool call after that ends the episode with no
   answer;

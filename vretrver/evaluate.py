@@ -58,11 +58,6 @@ from vretrver.evaluation.reranker import (
 from vretrver.evaluation.results import engine_failures, load_finished, rerank_task, with_candidates
 from vretrver.evaluation.run import evaluate, load_tasks, run_first_stages, score_entry, score_runs
 
-# Earlier private names, still imported by scripts outside the library.
-_Reranker = Reranker
-_with_candidates = with_candidates
-_append_lines = append_lines
-
 __all__ = [
     "EvalConfig",
     "MissingImagesError",

@@ -132,7 +132,8 @@ def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixe
     return h, w
 
 
-def _resize_out(img: Image.Image, cfg: ToolConfig) -> Image.Image:
+def resize_for_model(img: Image.Image, cfg: ToolConfig) -> Image.Image:
+    """A returned image at the size the model's processor gives it (out_* settings of the tool config)."""
     h, w = smart_resize(img.height, img.width, cfg.out_factor, cfg.out_min_pixels, cfg.out_max_pixels)
     return img if (w, h) == img.size else img.resize((w, h), Image.BICUBIC)
 
@@ -183,35 +184,38 @@ class _Images:
 ImageTable = _Images
 
 
-def _error(tool: str | None, msg: str) -> ToolResult:
+def tool_error(tool: str | None, msg: str) -> ToolResult:
+    """An invalid call's result: tools report problems as results, never as exceptions."""
     return ToolResult(tool=tool, valid=False, error=msg)
 
 
 def select_images(args: Any, images: Sequence[ImageLike | None] | _Images, cfg: ToolConfig) -> ToolResult:
     imgs = images if isinstance(images, _Images) else _Images(images)
     if not isinstance(args, dict) or "target_images" not in args:
-        return _error("select_images", "select_images needs 'target_images': a list of image indices")
+        return tool_error("select_images", "select_images needs 'target_images': a list of image indices")
     targets = args["target_images"]
     if _is_int(targets):
         targets = [targets]
     if not isinstance(targets, list) or not targets:
-        return _error("select_images", "'target_images' must be a non-empty list of image indices")
+        return tool_error("select_images", "'target_images' must be a non-empty list of image indices")
     order: list[int] = []
     seen: set[int] = set()  # a set, not `in order`: a call may list tens of thousands of indices
     for t in targets:
         if not _is_int(t):
-            return _error("select_images", f"image index must be an integer, got {str(t)[:20]!r}")
+            return tool_error("select_images", f"image index must be an integer, got {str(t)[:20]!r}")
         if t not in seen:
             seen.add(t)
             order.append(t)
     if len(order) > cfg.max_select:
-        return _error("select_images", f"at most {cfg.max_select} images can be selected, got {len(order)}")
+        return tool_error(
+            "select_images", f"at most {cfg.max_select} images can be selected, got {len(order)}"
+        )
     out = []
     for t in order:
         img, err = imgs.get(t)
         if err:
-            return _error("select_images", err)
-        out.append(_resize_out(img, cfg))
+            return tool_error("select_images", err)
+        out.append(resize_for_model(img, cfg))
     return ToolResult(tool="select_images", valid=True, images=out, indices=order)
 
 
@@ -239,20 +243,20 @@ def _box_to_pixels(
 def crop_image(args: Any, images: Sequence[ImageLike | None] | _Images, cfg: ToolConfig) -> ToolResult:
     imgs = images if isinstance(images, _Images) else _Images(images)
     if not isinstance(args, dict):
-        return _error("crop_image", "crop_image needs 'bbox_2d' and 'target_image'")
+        return tool_error("crop_image", "crop_image needs 'bbox_2d' and 'target_image'")
     box = args.get("bbox_2d")
     if not isinstance(box, list) or len(box) != 4 or not all(_is_number(v) for v in box):
-        return _error("crop_image", "'bbox_2d' must be a list of four numbers [x1, y1, x2, y2]")
+        return tool_error("crop_image", "'bbox_2d' must be a list of four numbers [x1, y1, x2, y2]")
     if "target_image" not in args:
-        return _error("crop_image", "crop_image needs 'target_image': the index of the image to crop")
+        return tool_error("crop_image", "crop_image needs 'target_image': the index of the image to crop")
     idx = args["target_image"]
     img, err = imgs.get(idx)
     if err:
-        return _error("crop_image", err)
+        return tool_error("crop_image", err)
     w, h = img.size
     px, err = _box_to_pixels([float(v) for v in box], w, h, cfg)
     if err:
-        return _error("crop_image", err)
+        return tool_error("crop_image", err)
     pad_x = min(cfg.pad_fraction * w, cfg.pad_max)
     pad_y = min(cfg.pad_fraction * h, cfg.pad_max)
     x1 = max(0, math.floor(px[0] - pad_x))
@@ -260,10 +264,10 @@ def crop_image(args: Any, images: Sequence[ImageLike | None] | _Images, cfg: Too
     x2 = min(w, math.ceil(px[2] + pad_x))
     y2 = min(h, math.ceil(px[3] + pad_y))
     if x2 - x1 < 1 or y2 - y1 < 1:
-        return _error("crop_image", "bbox_2d selects an empty region")
+        return tool_error("crop_image", "bbox_2d selects an empty region")
     if max(x2 - x1, y2 - y1) / min(x2 - x1, y2 - y1) > 200:
-        return _error("crop_image", "bbox_2d is too thin (aspect ratio above 200)")
-    crop = _resize_out(img.crop((x1, y1, x2, y2)), cfg)
+        return tool_error("crop_image", "bbox_2d is too thin (aspect ratio above 200)")
+    crop = resize_for_model(img.crop((x1, y1, x2, y2)), cfg)
     return ToolResult(tool="crop_image", valid=True, images=[crop], indices=[idx], box=(x1, y1, x2, y2))
 
 
@@ -353,9 +357,9 @@ def resolve_call(
 
         return official_call(call, allowed)
     if call.error:
-        return _error(call.name, call.error)
+        return tool_error(call.name, call.error)
     if call.name not in allowed or call.name not in _REGISTRY:
-        return _error(
+        return tool_error(
             call.name, f"unknown tool {str(call.name)[:40]!r}: available tools are {', '.join(allowed)}"
         )
     return call.name, call.arguments
@@ -380,7 +384,7 @@ def run_tool(
             return run_official(name, args, imgs, cfg)
         return _REGISTRY[name].run(args, imgs, cfg)
     except Exception as e:  # a tool must never take the harness down; report it as an invalid call
-        return _error(name, f"the tool failed: {type(e).__name__}")
+        return tool_error(name, f"the tool failed: {type(e).__name__}")
 
 
 def image_table(images: Sequence[ImageLike | None]) -> _Images:

@@ -15,7 +15,14 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from vretrver.tools import ImageTable, ToolConfig, ToolResult, _error, _resize_out, official_crop_region
+from vretrver.tools import (
+    ImageTable,
+    ToolConfig,
+    ToolResult,
+    official_crop_region,
+    resize_for_model,
+    tool_error,
+)
 
 if TYPE_CHECKING:
     from vretrver.protocol.parser import ToolCall
@@ -58,15 +65,15 @@ def official_call(call: ToolCall, allowed: Sequence[str]) -> tuple[str, Any] | T
             obj = json.loads(call.raw)
             name = obj.get("name", "")
         except (ValueError, RecursionError, AttributeError):
-            return _error(call.name, "")
+            return tool_error(call.name, "")
     tool = _OFFICIAL_NAMES.get(name) if isinstance(name, str) else None
     if tool is None or tool not in allowed:
-        return _error(name if isinstance(name, str) else None, "")
+        return tool_error(name if isinstance(name, str) else None, "")
     if "arguments" not in obj:
-        return _error(tool, "Missing 'arguments' in the tool call.")
+        return tool_error(tool, "Missing 'arguments' in the tool call.")
     args = obj["arguments"]
     if not isinstance(args, dict):
-        return _error(
+        return tool_error(
             tool, f"'arguments' should be a dictionary of parameters key-value pairs, got {type(args)}."
         )
     return tool, args
@@ -74,7 +81,7 @@ def official_call(call: ToolCall, allowed: Sequence[str]) -> tuple[str, Any] | T
 
 def official_select(args: dict[str, Any], imgs: ImageTable, cfg: ToolConfig) -> ToolResult:
     def fail(msg: str) -> ToolResult:
-        return _error("select_images", msg)
+        return tool_error("select_images", msg)
 
     if "target_images" not in args:
         return fail("Missing parameters: target_images")
@@ -104,13 +111,13 @@ def official_select(args: dict[str, Any], imgs: ImageTable, cfg: ToolConfig) -> 
         img, err = imgs.get(int(idx))
         if err:
             return fail(f"Error processing images: {err}")
-        out.append(_resize_out(img, cfg))
+        out.append(resize_for_model(img, cfg))
     return ToolResult(tool="select_images", valid=True, images=out, indices=[int(i) for i in targets])
 
 
 def official_crop(args: dict[str, Any], imgs: ImageTable, cfg: ToolConfig) -> ToolResult:
     def fail(msg: str) -> ToolResult:
-        return _error("crop_image", msg)
+        return tool_error("crop_image", msg)
 
     missing = [k for k in ("bbox_2d", "target_image") if k not in args]
     ti = args.get("target_image")
@@ -139,7 +146,7 @@ def official_crop(args: dict[str, Any], imgs: ImageTable, cfg: ToolConfig) -> To
     region = official_crop_region(box, *img.size)
     if isinstance(region, str):  # the server reports a failed crop with its exception text; ours says why
         return fail(f"Error processing image: {region}")
-    crop = _resize_out(img.crop(region), cfg)
+    crop = resize_for_model(img.crop(region), cfg)
     return ToolResult(tool="crop_image", valid=True, images=[crop], indices=[ti], box=region)
 
 

@@ -317,6 +317,11 @@ def load_profile(name_or_path: str | Path | Profile = DEFAULT_PROFILE) -> Profil
     return _load(str(p.resolve()))
 
 
+def clear_profile_cache() -> None:
+    """Forget loaded profiles (they are cached by folder): for code that rewrites a profile folder."""
+    _load.cache_clear()
+
+
 # ----------------------------------------------------------------------------- released checkpoints
 
 # The public release's checkpoints: V-Retrver/V-Retrver-7B, V-Retrver-RFT-7B, V-Retrver-SFT-7B.
