@@ -202,7 +202,11 @@ def to_markdown(s: dict[str, Any]) -> str:
         ]
     if "rl" in s:
         steps = s["rl"]["steps"]
-        keys = sorted({k for row in steps for k in row if k != "step"})
+        present = {k for row in steps for k in row if k != "step"}
+        # the rollout count, the score and its terms first, then any other number the reward logged
+        keys = [k for k in ("rollouts", *REWARD_TERMS) if k in present] + sorted(
+            present - {"rollouts", *REWARD_TERMS}
+        )
         lines += ["", "RL reward per step:", "", "| step | " + " | ".join(keys) + " |"]
         lines.append("|---:|" + "---:|" * len(keys))
         for row in steps:
