@@ -372,3 +372,35 @@ def _vision_encoder_unchanged(start: Path, trained: Path) -> None:
     vision = {k for k in a if ".visual." in f".{k}"}
     assert vision and not moved & vision  # (the language model moves at least by weight decay: not a test)
     assert any("visual" not in k for k in moved)
+
+
+def test_gpu_sft_check_runs_the_recipe_with_deepspeed_on_one_gpu_mocked_gpu(tmp_path, tiny_qwen25vl):
+    """local_scripts/gpu_sft_check.sh on a machine with no GPU here: a stand-in nvidia-smi lists one, and
+    DRY_RUN=1 has run_sft.sh print the LLaMA-Factory command instead of training (a GPU run is the script's
+    own job). What the test shows: the chain's SFT stage gets the recipe's DeepSpeed ZeRO-3 config and bf16,
+    one torchrun process, batch 2, the step count; and without a GPU the script refuses to start."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: stand-in (UUID: GPU-0)'\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    env = {k: v for k, v in _chain_env(tmp_path).items() if k not in ("CUDA_VISIBLE_DEVICES", "DRY_RUN")}
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", PYTHON=sys.executable, MODEL=str(tiny_qwen25vl),
+        DRY_RUN="1", STAGES="samples teacher sft", SFT_STEPS="7",
+    )  # fmt: skip
+    script = str(ROOT / "local_scripts" / "gpu_sft_check.sh")
+    proc = subprocess.run(
+        ["bash", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    [command] = [line for line in proc.stdout.splitlines() if line.startswith("llamafactory-cli train")]
+    assert "qwen2_5_vl_7b_full_sft.yaml" in command and "max_steps=7" in command
+    assert "deepspeed=null" not in command and "bf16=false" not in command  # the recipe's ZeRO-3 and bf16
+    assert "per_device_train_batch_size=2" in command and "gradient_accumulation_steps=1" in command
+    assert "nodes 1 (rank 0) x 1 procs | global batch 2" in proc.stdout
+    recipe = _yaml(LF / "qwen2_5_vl_7b_full_sft.yaml")
+    assert recipe["deepspeed"].endswith("ds_z3_config.json") and recipe["bf16"] is True
+
+    env["PATH"] = "/usr/bin:/bin"  # no nvidia-smi
+    proc = subprocess.run(["bash", script], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no GPU" in proc.stderr
