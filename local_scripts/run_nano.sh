@@ -18,6 +18,9 @@
 # Settings (environment):
 #   MODEL       base checkpoint (default: the nano model, built on first use by vretrver.nano.model)
 #   TASKS       nano tasks (default nano_colour); K candidates per query (5)
+#   PROFILE     prompt profile of the teacher, the export, the evaluation and the RL data (default nano:
+#               the v-retrver tools and turns with a short system prompt; the v-retrver profile's tool
+#               schemas and instructions would make most of a small model's context)
 #   N_TRAIN     training queries (default 1000); TEST_N evaluation queries per task (default 200, the test split)
 #   SFT_STEPS   optimiser steps (1200); BATCH per step (4); LR (1e-3) held constant after WARMUP steps (20):
 #               a random model, vision tower included, learns from scratch (the recipe's cosine decay to 0
@@ -32,7 +35,7 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-ALL_STAGES="samples teacher sft eval_tools eval_no_tools rl eval_rl_tools eval_rl_no_tools"
+ALL_STAGES="samples teacher crops sft eval_tools eval_no_tools rl eval_rl_tools eval_rl_no_tools"
 
 if [[ -z "${PYTHON:-}" ]]; then
   if [[ -x "$ROOT/.venv/bin/python" ]]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
@@ -44,10 +47,12 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS="$THREADS
 
 MODEL="${MODEL:-$("$PY" -c 'from vretrver.nano.model import nano_model_path; print(nano_model_path())' | tail -1)}"
 TASKS="${TASKS:-nano_colour}"
+PROFILE="${PROFILE:-nano}"
 K="${K:-5}"
 N_TRAIN="${N_TRAIN:-1000}"
 TEST_N="${TEST_N:-200}"
 SFT_STEPS="${SFT_STEPS:-1200}"
+CROP_STEPS="${CROP_STEPS:-300}"
 BATCH="${BATCH:-4}"
 LR="${LR:-1.0e-3}"
 WARMUP="${WARMUP:-20}"
@@ -59,6 +64,7 @@ OUT="$(cd "$OUT" && pwd)"
 DATA="$OUT/data"
 LF_DATA="$DATA/llamafactory"
 SAMPLES="$DATA/samples.jsonl"
+CROPS_OUT="$OUT/crops"
 SFT_OUT="$OUT/sft"
 RL_OUT="$OUT/rl"
 
@@ -76,8 +82,8 @@ done
 MARKS="$OUT/.stages"
 mkdir -p "$MARKS"
 "$PY" -c 'import json, sys; json.dump(dict(zip(sys.argv[2::2], sys.argv[3::2])), open(sys.argv[1], "w"), indent=2)' \
-  "$OUT/settings.json" model "$MODEL" tasks "$TASKS" k "$K" n_train "$N_TRAIN" test_n "$TEST_N" \
-  sft_steps "$SFT_STEPS" batch "$BATCH" lr "$LR" warmup "$WARMUP" rl_steps "$RL_STEPS" threads "$THREADS" \
+  "$OUT/settings.json" model "$MODEL" tasks "$TASKS" profile "$PROFILE" k "$K" n_train "$N_TRAIN" test_n "$TEST_N" \
+  crop_steps "$CROP_STEPS" sft_steps "$SFT_STEPS" batch "$BATCH" lr "$LR" warmup "$WARMUP" rl_steps "$RL_STEPS" threads "$THREADS" \
   sft_args "${SFT_ARGS:-}"
 
 run() {
@@ -106,7 +112,7 @@ finish() {  # finish STAGE STATUS [REASON]
 }
 
 EVAL=(--benchmark nano --tasks "$TASKS" --split test --limit "$TEST_N" --retriever hash --top-n "$K"
-      --window "$K" --reader-args "k=$K" --engine hf --max-new-tokens "$MAX_NEW_TOKENS"
+      --window "$K" --reader-args "k=$K" --profile "$PROFILE" --engine hf --max-new-tokens "$MAX_NEW_TOKENS"
       --cache-dir "$OUT/cache" --quiet)
 
 # 1. training samples: each nano query's own gallery (k images, one positive), in the hash first stage's order.
@@ -120,24 +126,42 @@ fi
 # 2. NanoTeacher trajectories, exported as the SFT dataset.
 if begin teacher; then
   rm -rf "$DATA/teacher" "$LF_DATA"
-  run "$PY" -m vretrver.nano.pipeline synthesize --samples "$SAMPLES" --out "$DATA/teacher" --max-tool-calls "$K"
+  run "$PY" -m vretrver.nano.pipeline synthesize --samples "$SAMPLES" --out "$DATA/teacher" --max-tool-calls "$K" \
+    --profile "$PROFILE"
   run "$PY" -m vretrver.cli data export --records "$DATA/teacher" --data-dir "$LF_DATA" --name nano_sft \
-    --model "$MODEL"
+    --model "$MODEL" --profile "$PROFILE"
   finish teacher
 fi
 
 # 3. SFT with LLaMA-Factory: one CPU process, fp32, every module trained (the recipe freezes the vision
 #    tower, right for a pretrained model only), no gradient checkpointing (it recomputes the forward pass
-#    to save memory a 1.5M-parameter model does not need).
-if begin sft; then
+#    to save memory a 1.5M-parameter model does not need). First a warm-up on the crops alone, each followed
+#    by the teacher's sentence naming it (CROP_STEPS; 0 skips it): on whole trajectories a random model
+#    learns the format but not to read the crops. Then the trajectories, from the warm-up's checkpoint.
+sft() {  # sft DATASET BASE OUTPUT_DIR STEPS
   read -ra EXTRA <<< "${SFT_ARGS:-}"
-  run env NPROC_PER_NODE=0 GLOBAL_BATCH="$BATCH" PER_DEVICE_BATCH="$BATCH" RESUME=never MODEL="$MODEL" \
-    OUTPUT_DIR="$SFT_OUT" DATASET=nano_sft bash local_scripts/run_sft.sh \
+  run env NPROC_PER_NODE=0 GLOBAL_BATCH="$BATCH" PER_DEVICE_BATCH="$BATCH" RESUME=never MODEL="$2" \
+    OUTPUT_DIR="$3" DATASET="$1" bash local_scripts/run_sft.sh \
     LLaMA-Factory/configs/qwen2_5_vl_7b_full_sft.yaml "dataset_dir=$LF_DATA" deepspeed=null bf16=false \
     freeze_vision_tower=false freeze_multi_modal_projector=false disable_gradient_checkpointing=true \
-    "learning_rate=$LR" lr_scheduler_type=constant_with_warmup "warmup_steps=$WARMUP" "max_steps=$SFT_STEPS" \
+    "learning_rate=$LR" lr_scheduler_type=constant_with_warmup "warmup_steps=$WARMUP" "max_steps=$4" \
     save_steps=100000 logging_steps=10 plot_loss=false preprocessing_num_workers=1 dataloader_num_workers=0 \
     cutoff_len=4096 "${EXTRA[@]}"
+}
+if begin crops; then
+  rm -rf "$CROPS_OUT"
+  if [[ "$CROP_STEPS" -lt 1 ]]; then
+    finish crops skipped "CROP_STEPS=0"
+  else
+    run "$PY" -m vretrver.nano.pipeline crops --data-dir "$LF_DATA" --source nano_sft --name nano_crops
+    sft nano_crops "$MODEL" "$CROPS_OUT" "$CROP_STEPS"
+    finish crops
+  fi
+fi
+if begin sft; then
+  BASE="$MODEL"
+  [[ -e "$CROPS_OUT/config.json" ]] && BASE="$CROPS_OUT"
+  sft nano_sft "$BASE" "$SFT_OUT" "$SFT_STEPS"
   finish sft
 fi
 
@@ -162,7 +186,7 @@ if begin rl; then
   else
     rm -rf "$RL_OUT" && mkdir -p "$RL_OUT"
     run "$PY" -m vretrver.cli rl data build "$SAMPLES" --model "$SFT_OUT" --out "$DATA/rl/train.parquet" \
-      --max-tool-calls "$K" --quiet
+      --profile "$PROFILE" --max-tool-calls "$K" --quiet
     if [[ -z "${RL_ARGS+x}" ]]; then  # the CPU settings of run_pipeline.sh, with room for k crops
       RL_ARGS="data.train_batch_size=2 actor_rollout_ref.rollout.n=4 actor_rollout_ref.actor.ppo_mini_batch_size=2"
       RL_ARGS+=" data.max_prompt_length=1024 data.max_response_length=1536 data.dataloader_num_workers=0"

@@ -189,6 +189,7 @@ def test_teacher_turns_crop_every_candidate_and_name_what_they_show(nano_root: P
         parsed = parse_turn(turn)
         assert parsed.kind == "tool_call" and parsed.well_formed
         assert parsed.tool_call.arguments == {"bbox_2d": [36, 12, 40, 16], "target_image": j}
+        assert turn.startswith(f"<think>Looking for {sample.meta['detail']['target']}.")
         if j > 1:
             assert f"Candidate {j - 1}: {labels[j - 2]}." in turn
     final = parse_turn(turns[-1])

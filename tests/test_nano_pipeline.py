@@ -30,6 +30,7 @@ def test_summary_reports_r1_and_the_checks(tmp_path: Path) -> None:
     (tmp_path / "sft" / "train_results.json").write_text(json.dumps({"train_runtime": 40.0}))
     s = collect(tmp_path)
     assert s["R@1"] == {"first_stage": 0.2, "sft_with_tools": 0.9, "sft_without_tools": 0.2}
+    assert s["crops"] is None  # no warm-up on crops in this run
     assert s["sft"] == {
         "steps": 20,
         "first_loss": 5.0,

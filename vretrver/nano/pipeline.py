@@ -1,10 +1,13 @@
 """The steps of ``local_scripts/run_nano.sh`` that have no command of their own, and its summary.
 
-    python -m vretrver.nano.pipeline synthesize --samples S --out DIR [--max-tool-calls K]
+    python -m vretrver.nano.pipeline synthesize --samples S --out DIR [--max-tool-calls K] [--profile P]
         NanoTeacher trajectories for nano samples (from ``vretrver data samples --benchmark nano``),
         through the same synthesis, filter and record files as ``vretrver data synthesize``
+    python -m vretrver.nano.pipeline crops --data-dir LF_DATA [--source nano_sft] [--name nano_crops]
+        warm-up rows: each crop of the exported trajectories alone, then the teacher's sentence naming it
+        (:mod:`vretrver.nano.warmup`), registered beside the trajectories' dataset
     python -m vretrver.nano.pipeline summary OUT
-        OUT/summary.json: settings, stage times, the SFT loss, R@1 of the first stage, of the reranker with
+        OUT/summary.json: settings, stage times, the loss of the warm-up on crops and of the SFT, R@1 of the first stage, of the reranker with
         tools and with tools disabled (and of the RL checkpoint), the RL reward per step, and the checks
         the nano benchmark is meant to pass
 
@@ -26,6 +29,9 @@ NOTE = (
     "56x56 input unless it crops. 'without tools' is the same checkpoint with a tool budget of 0: its first "
     "tool call ends the episode, so the ranking falls back to the first stage's."
 )
+# The prompt profile of the nano run: the v-retrver tools and turns with a short system prompt, so the
+# colour a crop shows and the name the model writes for it sit close together.
+NANO_PROFILE = "nano"
 # evaluation folder -> label in the summary
 EVALS = {
     "eval_tools": "sft_with_tools",
@@ -35,8 +41,11 @@ EVALS = {
 }
 
 
-def synthesize_nano(samples_path: str | os.PathLike, out: str | os.PathLike, max_tool_calls: int) -> dict:
-    """NanoTeacher trajectories (one per sample) written like ``vretrver data synthesize`` writes them."""
+def synthesize_nano(
+    samples_path: str | os.PathLike, out: str | os.PathLike, max_tool_calls: int, profile: str = NANO_PROFILE
+) -> dict:
+    """NanoTeacher trajectories (one per sample) written like ``vretrver data synthesize`` writes them,
+    rendered (and later exported) with ``profile``."""
     from vretrver.nano.data import tool_config
     from vretrver.nano.teacher import NanoTeacher
     from vretrver.samples import read_samples
@@ -44,9 +53,9 @@ def synthesize_nano(samples_path: str | os.PathLike, out: str | os.PathLike, max
 
     samples = read_samples(samples_path)
     teacher = NanoTeacher(
-        samples=samples, profile="v-retrver", max_tool_calls=max_tool_calls, tool_config=tool_config()
+        samples=samples, profile=profile, max_tool_calls=max_tool_calls, tool_config=tool_config()
     )
-    cfg = SynthesisConfig(profile="v-retrver", attempts=1, max_tool_calls=max_tool_calls)
+    cfg = SynthesisConfig(profile=profile, attempts=1, max_tool_calls=max_tool_calls)
     return synthesize(samples, teacher, out, cfg)
 
 
@@ -123,6 +132,7 @@ def collect(out: str | os.PathLike) -> dict[str, Any]:
             "kept": teacher["all"]["kept"],
             "acceptance_rate": teacher["all"]["acceptance_rate"],
         }
+    summary["crops"] = _sft_log(out / "crops")  # the warm-up on crops alone (None when skipped)
     summary["sft"] = _sft_log(out / "sft")
     evals = {label: _evaluation(out / name) for name, label in EVALS.items()}
     summary["eval"] = {k: v for k, v in evals.items() if v is not None}
@@ -167,12 +177,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--max-tool-calls", type=int, default=5, help="crops per episode (at least k)")
+    p.add_argument("--profile", default=NANO_PROFILE, help=f"prompt profile (default: {NANO_PROFILE})")
+    p = sub.add_parser("crops", help="warm-up rows: each crop of the exported trajectories, then its name")
+    p.add_argument("--data-dir", required=True, help="the LLaMA-Factory dataset folder of the export")
+    p.add_argument("--source", default="nano_sft", help="the trajectories' dataset (default: nano_sft)")
+    p.add_argument("--name", default="nano_crops", help="the warm-up dataset (default: nano_crops)")
     p = sub.add_parser("summary", help="write OUT/summary.json")
     p.add_argument("out")
     ns = parser.parse_args(argv)
     if ns.command == "synthesize":
-        stats = synthesize_nano(ns.samples, ns.out, ns.max_tool_calls)
+        stats = synthesize_nano(ns.samples, ns.out, ns.max_tool_calls, ns.profile)
         print(f"kept {stats['all']['kept']} trajectories -> {ns.out}")
+    elif ns.command == "crops":
+        from vretrver.nano.warmup import write_crop_dataset
+
+        n = write_crop_dataset(ns.data_dir, ns.source, ns.name)
+        print(f"{n} crop rows -> {Path(ns.data_dir) / ns.name}.json")
     else:
         summary = write_summary(ns.out)
         print(json.dumps({"R@1": summary["R@1"], "checks": summary["checks"]}, indent=2))

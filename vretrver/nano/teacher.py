@@ -3,8 +3,9 @@
 It behaves like a reader who zooms into each candidate's detail in turn and names what it sees, then
 ranks: every turn's reasoning is justified by what the crops so far have shown, never by the answer key.
 
-* turn j (j = 1 .. n, n = min(K, tool budget)): crop candidate j at the detail's box; from the second
-  turn on, the reasoning first names what the previous crop showed ("Candidate 1: red.");
+* turn j (j = 1 .. n, n = min(K, tool budget)): crop candidate j at the detail's box; the reasoning says
+  what the query asks for ("Looking for red.") and, from the second turn on, names what the previous
+  crop showed ("Candidate 1: red.");
 * the final turn names the last crop, lists every mark seen ("Marks: 1 red, 2 green, ...") and the
   mark the query asks for, and answers: the candidates seen to match, then the candidates not seen (in
   order), then those seen not to match.
@@ -64,10 +65,13 @@ def plan_turns(sample: Sample, cfg: ToolConfig, budget: int, slots: list[Any] | 
     seen = [labels[c.id] for c in sample.candidates[: max(0, min(k, budget))]]
     n = len(seen)
     turns = []
+    # Every turn restates what the query asks for: a small model copies it from the turn before more
+    # easily than from the user turn hundreds of tokens back.
+    asks = f"Looking for {target}."
     for j in range(1, n + 1):
-        think = f"Zoom into the mark of candidate {j}."
+        think = f"{asks} Zoom into the mark of candidate {j}."
         if j > 1:
-            think = f"Candidate {j - 1}: {seen[j - 2]}. {think}"
+            think = f"{asks} Candidate {j - 1}: {seen[j - 2]}. Zoom into the mark of candidate {j}."
         box = box_in_model_units(detail["box"], _size(slots[j]), cfg)
         turns.append(_call(think, {"bbox_2d": box, "target_image": j}))
     matches = [j for j in range(1, n + 1) if seen[j - 1] == target]
@@ -76,7 +80,7 @@ def plan_turns(sample: Sample, cfg: ToolConfig, budget: int, slots: list[Any] | 
     if n:
         listed = ", ".join(f"{j} {lab}" for j, lab in enumerate(seen, 1))
         verdict = f"match {matches[0]}." if matches else "no match seen."
-        think = f"Candidate {n}: {seen[-1]}. Marks: {listed}. The query asks for {target}: {verdict}"
+        think = f"{asks} Candidate {n}: {seen[-1]}. Marks: {listed}. The query asks for {target}: {verdict}"
     else:
         think = "The marks are too small to read without zooming."
     turns.append(f"<think>{think}</think>\n<answer>{json.dumps(ranking)}</answer>")
