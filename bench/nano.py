@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vretrver.evaluate import EvalConfig, evaluate  # noqa: E402
+from vretrver.nano.pipeline import NANO_PROFILE  # noqa: E402
 
 
 def r1(model: str, budget: int, n: int, tasks: list[str], k: int, work: Path) -> tuple[float, float, float]:
@@ -40,6 +41,7 @@ def r1(model: str, budget: int, n: int, tasks: list[str], k: int, work: Path) ->
         top_n=k,
         window=k,
         reader_args={"k": k},
+        profile=NANO_PROFILE,  # what run_nano.sh trains with
     )
     t = time.perf_counter()
     _, summary = evaluate(cfg, work / f"{Path(model).name}-{budget}", progress=False)
