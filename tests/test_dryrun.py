@@ -62,10 +62,11 @@ def test_without_lists_full_top_n_is_assumed_and_said(mbeir, tmp_path, capsys): 
 
 
 def test_dry_run_loads_no_model_and_writes_nothing(tmp_path, capsys, monkeypatch):
-    import vretrver.evaluate as ev
+    import vretrver.evaluation.reranker as reranker
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(ev, "make_reranker_engine", lambda *a, **k: pytest.fail("an engine was built"))
+    # where the evaluation builds its engines: a dry run must never get there
+    monkeypatch.setattr(reranker, "make_reranker_engine", lambda *a, **k: pytest.fail("an engine was built"))
     code, out, _ = run_cli(
         ["--benchmark", "tuxpaint", "--retriever", "hash", "--reranker", "tiny", "--dry-run"], capsys
     )
