@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vretrver.cli import json_object_option
+from vretrver.engines.factory import ENGINE_KINDS
 
 
 def _task_caps(text: str | None) -> int | dict[str, int] | None:
@@ -131,7 +132,7 @@ def cmd_samples(ns: argparse.Namespace) -> int:
 def _add_engine_args(p: argparse.ArgumentParser, engine_default: str, model_help: str) -> None:
     p.add_argument(
         "--engine",
-        choices=("hf", "vllm", "openai", "oracle"),
+        choices=ENGINE_KINDS,
         default=engine_default,
         help="oracle: a rule-based teacher writing synthetic trajectories from the ground truth (dry runs, "
         "CPU pipelines; teaches the format only)",

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from vretrver.engines.factory import RERANK_ENGINES
 from vretrver.jsonl import SampleError, iter_jsonl, read_appended, write_jsonl
 from vretrver.samples import Candidate, Query, Sample, TaskData, write_samples
 
@@ -326,7 +327,7 @@ def add_subcommands(sub: argparse._SubParsersAction) -> None:
         help=f"first-stage candidates to rerank (default: {DEMO_TOP_N})",
     )
     p.add_argument("--out", default=DEMO_OUT, help=f"result folder (default: {DEMO_OUT})")
-    p.add_argument("--engine", choices=("hf", "vllm", "openai"), default="hf")
+    p.add_argument("--engine", choices=RERANK_ENGINES, default="hf")
     p.add_argument("--engine-args", help="engine settings as JSON")
     p.add_argument("--max-new-tokens", type=int, help="default: 1024 (48 for the tiny model)")
     p.add_argument(
