@@ -13,9 +13,6 @@ full-size checkpoint. :func:`nano_model_path` builds it once into the cache.
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -117,11 +114,10 @@ def build_nano_model(out_dir: str | Path, seed: int = 0) -> Path:
         raise FileExistsError(f"{out}: expected a missing or empty folder to build the nano model into")
 
     import torch
-    import transformers
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
     from vretrver.nano.tokenizer import build_nano_tokenizer
-    from vretrver.testing.tiny_models import chat_template_text
+    from vretrver.testing.tiny_models import chat_template_text, save_random_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="vretrver-nano-tok-") as tmp:
         build_nano_tokenizer(tmp)
@@ -135,15 +131,6 @@ def build_nano_model(out_dir: str | Path, seed: int = 0) -> Path:
         model = Qwen2_5_VLForConditionalGeneration(_config(ids, vocab_size))
     # float32: the model is meant to be trained, and on a CPU bfloat16 is no faster at this size.
     model = model.eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["eot"],
-        pad_token_id=ids["eot"],
-        eos_token_id=[ids["im_end"], ids["eot"]],
-        do_sample=False,
-    )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
     info = {
         "name": NAME,
         "seed": seed,
@@ -151,11 +138,8 @@ def build_nano_model(out_dir: str | Path, seed: int = 0) -> Path:
         "note": "Randomly initialised: train it (SFT) before expecting sensible output.",
         "tokenizer": f"nano byte-level BPE ({len(tokenizer)} tokens)",
         "input_pixels": f"{INPUT_SIDE}x{INPUT_SIDE}",
-        "transformers_version": transformers.__version__,
-        "parameters": sum(p.numel() for p in model.parameters()),
     }
-    # Written last: its presence marks a complete build.
-    (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    save_random_checkpoint(out, model, processor, ids, info, MARKER_FILE)
     return out
 
 
@@ -166,26 +150,7 @@ def nano_model_path(cache_root: str | Path | None = None) -> Path:
     to :func:`vretrver.testing.tiny_models.default_cache_root`), built in a temporary folder renamed
     into place, so concurrent callers never see a half-written model.
     """
-    from vretrver.testing.tiny_models import default_cache_root
+    from vretrver.testing.tiny_models import cached_build, default_cache_root
 
     root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
-    final = root / "nano-models" / f"{NAME}-v{BUILDER_VERSION}"
-    if (final / MARKER_FILE).is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        # Left by something other than this builder (renames are atomic): set it aside and rebuild.
-        stale = Path(tempfile.mkdtemp(prefix=f".stale-{final.name}-", dir=final.parent))
-        os.replace(final, stale / final.name)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".building-{final.name}-", dir=final.parent))
-    try:
-        build_nano_model(tmp)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / MARKER_FILE).is_file():  # another process finished first: use its copy
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return cached_build(root / "nano-models" / f"{NAME}-v{BUILDER_VERSION}", build_nano_model, MARKER_FILE)

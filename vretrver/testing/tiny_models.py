@@ -292,8 +292,7 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int 
         raise FileExistsError(f"{out}: expected a missing or empty folder to build the tiny model into")
 
     import torch
-    import transformers
-    from transformers import AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix="vretrver-tok-") as tmp:
         _write_tokenizer_files(Path(tmp), family)
@@ -309,28 +308,66 @@ def build_tiny_model(out_dir: str | Path, family: str = "qwen2_5_vl", seed: int 
         model = _build_model(family, ids, vocab_size)
     # bfloat16 halves the files; it runs on CPU in transformers and in vLLM's CPU backend.
     model = model.to(torch.bfloat16).eval()
-    model.generation_config = GenerationConfig(
-        bos_token_id=ids["eot"],
-        pad_token_id=ids["eot"],
-        eos_token_id=[ids["im_end"], ids["eot"]],
-        do_sample=False,
-    )
-
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
     info = {
         "family": family,
         "seed": seed,
         "builder_version": BUILDER_VERSION,
         "note": "Randomly initialised weights for tests and demos only: outputs are meaningless.",
         "tokenizer": f"real Qwen tokenizer from {_TOKENIZER_PIN} ({len(tokenizer)} tokens)",
+    }
+    save_random_checkpoint(out, model, processor, ids, info, MARKER_FILE)
+    return out
+
+
+def save_random_checkpoint(
+    out: Path, model: Any, processor: Any, ids: Mapping[str, int], info: dict[str, Any], marker: str
+) -> None:
+    """Write a freshly initialised Qwen-VL checkpoint: greedy generation ending at ``<|im_end|>`` or the
+    end-of-text token, weights, processor, and last the marker file (with ``info``) that marks it complete."""
+    import transformers
+    from transformers import GenerationConfig
+
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["eot"],
+        pad_token_id=ids["eot"],
+        eos_token_id=[ids["im_end"], ids["eot"]],
+        do_sample=False,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    info = {
+        **info,
         "transformers_version": transformers.__version__,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
     # Written last: its presence marks a complete build.
-    (out / MARKER_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return out
+    (out / marker).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def cached_build(final: Path, build: Callable[[Path], Any], marker: str) -> Path:
+    """``final`` once a build is complete there (its ``marker`` file exists), building it first if not.
+
+    The build goes into a temporary folder renamed into place, so concurrent callers never see a
+    half-written folder; a folder left there by anything else is set aside and rebuilt."""
+    if (final / marker).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        stale = Path(tempfile.mkdtemp(prefix=f".stale-{final.name}-", dir=final.parent))
+        os.replace(final, stale / final.name)
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".building-{final.name}-", dir=final.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final / marker).is_file():  # another process finished first: use its copy
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def default_cache_root() -> Path:
@@ -349,8 +386,7 @@ def tiny_model_path(family: str, cache_root: str | Path | None = None) -> Path:
     _spec(family)
     root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
     final = root / "tiny-models" / f"{family}-v{BUILDER_VERSION}"
-    if (final / MARKER_FILE).is_file():
-        return final
+    return cached_build(final, lambda tmp: build_tiny_model(tmp, family=family), MARKER_FILE)
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():
         # Left by something other than this builder (renames are atomic): set it aside and rebuild.
