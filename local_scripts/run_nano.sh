@@ -68,31 +68,15 @@ CROPS_OUT="$OUT/crops"
 SFT_OUT="$OUT/sft"
 RL_OUT="$OUT/rl"
 
-wanted() {
-  local s="$1" list
-  list=" $(echo "${STAGES:-$ALL_STAGES}" | tr ',' ' ') "
-  [[ "$list" == *" $s "* ]] || return 1
-  [[ " $(echo "${SKIP:-}" | tr ',' ' ') " == *" $s "* ]] && return 1
-  return 0
-}
-for s in $(echo "${STAGES:-} ${SKIP:-}" | tr ',' ' '); do
-  [[ " $ALL_STAGES " == *" $s "* ]] || { echo "run_nano.sh: unknown stage '$s' (stages: $ALL_STAGES)" >&2; exit 2; }
-done
+source "$ROOT/local_scripts/stages.sh"
+check_stages run_nano.sh
 
 MARKS="$OUT/.stages"
 mkdir -p "$MARKS"
-"$PY" -c 'import json, sys; json.dump(dict(zip(sys.argv[2::2], sys.argv[3::2])), open(sys.argv[1], "w"), indent=2)' \
-  "$OUT/settings.json" model "$MODEL" tasks "$TASKS" profile "$PROFILE" k "$K" n_train "$N_TRAIN" test_n "$TEST_N" \
+write_settings "$OUT/settings.json" model "$MODEL" tasks "$TASKS" profile "$PROFILE" k "$K" n_train "$N_TRAIN" test_n "$TEST_N" \
   crop_steps "$CROP_STEPS" sft_steps "$SFT_STEPS" batch "$BATCH" lr "$LR" warmup "$WARMUP" rl_steps "$RL_STEPS" threads "$THREADS" \
   sft_args "${SFT_ARGS:-}"
 
-run() {
-  local line
-  line="$(printf '%q ' "$@")"
-  echo "+ $line" >&2
-  echo "$line" >> "$OUT/commands.sh"
-  "$@"
-}
 START=0
 RAN=0  # once a stage runs, every later stage starts over: its input has changed
 begin() {

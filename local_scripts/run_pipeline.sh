@@ -129,34 +129,16 @@ INFER=(--engine "$INFER_ENGINE" --max-new-tokens "$MAX_NEW_TOKENS")
 TEACHER=(--engine "$ENGINE" --model "$TEACHER_MODEL")
 [[ -n "${TEACHER_ARGS:-}" ]] && TEACHER+=(--engine-args "$TEACHER_ARGS")
 
-# Stage selection: STAGES (default all) minus SKIP.
-wanted() {
-  local s="$1" list
-  list=" $(echo "${STAGES:-$ALL_STAGES}" | tr ',' ' ') "
-  [[ "$list" == *" $s "* ]] || return 1
-  [[ " $(echo "${SKIP:-}" | tr ',' ' ') " == *" $s "* ]] && return 1
-  return 0
-}
-for s in $(echo "${STAGES:-} ${SKIP:-}" | tr ',' ' '); do
-  [[ " $ALL_STAGES " == *" $s "* ]] || { echo "run_pipeline.sh: unknown stage '$s' (stages: $ALL_STAGES)" >&2; exit 2; }
-done
+source "$ROOT/local_scripts/stages.sh"
+check_stages run_pipeline.sh
 
 MARKS="$OUT/.stages"
 mkdir -p "$MARKS"
-"$PY" -c 'import json, sys; json.dump(dict(zip(sys.argv[2::2], sys.argv[3::2])), open(sys.argv[1], "w"), indent=2)' \
-  "$OUT/settings.json" model "$MODEL" model_kind "$MODEL_KIND" family "$FAMILY" benchmark "$BENCHMARK" \
+write_settings "$OUT/settings.json" model "$MODEL" model_kind "$MODEL_KIND" family "$FAMILY" benchmark "$BENCHMARK" \
   retriever "$RETRIEVER" n_samples "$N_SAMPLES" k "$K" rft_k "$RFT_K" rft_temperature "$RFT_TEMPERATURE" \
   probe_n "$PROBE_N" teacher_engine "$ENGINE" sft_steps "$SFT_STEPS" rft_steps "$RFT_STEPS" rl_steps "$RL_STEPS" \
   gpus "$GPUS" train_args "$TRAIN_ARGS"
 
-# run: print a command, log it to OUT/commands.sh, run it.
-run() {
-  local line
-  line="$(printf '%q ' "$@")"
-  echo "+ $line" >&2
-  echo "$line" >> "$OUT/commands.sh"
-  "$@"
-}
 mark() {  # mark STAGE STATUS SECONDS OUTPUT [REASON]
   "$PY" -c 'import json, sys; n, st, sec, out, why = sys.argv[1:6]; json.dump({"status": st, "seconds": float(sec), "output": out, **({"reason": why} if why else {})}, open(n, "w"))' \
     "$MARKS/$1.json" "$2" "$3" "$4" "${5:-}"
