@@ -7,11 +7,12 @@
 # step and the benchmark's checks. Numbers are on a synthetic benchmark.
 #
 #   bash local_scripts/run_nano.sh
-#   N_TRAIN=128 SFT_STEPS=150 TEST_N=8 RL_STEPS=0 OUT=/tmp/nano bash local_scripts/run_nano.sh   # the CI setting
+#   N_TRAIN=400 CROP_STEPS=400 SFT_STEPS=150 TEST_N=20 RL_STEPS=0 OUT=/tmp/nano bash local_scripts/run_nano.sh   # the CI setting
 #
 # Stages: samples (nano train queries, their k-image galleries, hash first stage) -> teacher (NanoTeacher
-# trajectories: a crop of every candidate's mark, reasoning naming each mark; exported for LLaMA-Factory)
-# -> sft (LLaMA-Factory, the Qwen2.5-VL recipe with CPU settings) -> eval_tools / eval_no_tools
+# trajectories: a crop of every candidate's mark, each named and judged against the query; exported for
+# LLaMA-Factory) -> crops (a warm-up on the crops alone) -> sft (LLaMA-Factory, the Qwen2.5-VL recipe with
+# CPU settings) -> eval_tools / eval_no_tools
 # (vretrver eval --benchmark nano, tool budget k / 0) -> rl (verl on CPU, EAPO reward; when .venv-rl-cpu
 # exists and RL_STEPS > 0) -> eval_rl_tools / eval_rl_no_tools -> summary.
 #
@@ -21,19 +22,25 @@
 #   PROFILE     prompt profile of the teacher, the export, the evaluation and the RL data (default nano:
 #               the v-retrver tools and turns with a short system prompt; the v-retrver profile's tool
 #               schemas and instructions would make most of a small model's context)
-#   N_TRAIN     training queries (default 1000); TEST_N evaluation queries per task (default 200, the test split)
-#   SFT_STEPS   optimiser steps (1200); BATCH per step (4); LR (1e-3) held constant after WARMUP steps (20):
+#   N_TRAIN     training queries (default 2400); TEST_N evaluation queries per task (default 200, the test split)
+#   CROP_STEPS  warm-up steps on the crops (1500; 0 skips the warm-up), CROP_BATCH rows a step (32), CROP_MIX
+#               the share of warm-up rows drawn during SFT (0.5; 0 for the trajectories alone)
+#   SFT_STEPS   optimiser steps (600); BATCH per step (4); LR (1e-3) held constant after WARMUP steps (20):
 #               a random model, vision tower included, learns from scratch (the recipe's cosine decay to 0
 #               over a few hundred steps ends before the format is learned)
 #   SFT_ARGS    further key=value overrides for LLaMA-Factory
 #   THREADS     torch / OpenMP threads per process (default 1: on a shared or busy CPU two threads that
 #               wait for each other made LLaMA-Factory's step 4-7x slower)
-#   RL_STEPS    verl steps (default 2; 0 skips RL); RL_PYTHON (default .venv-rl-cpu/bin/python); RL_ARGS
-#   MAX_NEW_TOKENS per turn (96); OUT run folder (runs/nano); STAGES / SKIP as in run_pipeline.sh
+#   RL_STEPS    verl steps (default 20; 0 skips RL); RL_PYTHON (default .venv-rl-cpu/bin/python); RL_ARGS
+#   MAX_NEW_TOKENS per turn (96); OUT run folder (runs/nano, relative to the current directory); STAGES /
+#               SKIP as in run_pipeline.sh
 #   PYTHON      the project's python (default .venv/bin/python)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${OUT:-runs/nano}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"  # relative to the directory the run is started from
 cd "$ROOT"
 ALL_STAGES="samples teacher crops sft eval_tools eval_no_tools rl eval_rl_tools eval_rl_no_tools"
 
@@ -49,18 +56,17 @@ MODEL="${MODEL:-$("$PY" -c 'from vretrver.nano.model import nano_model_path; pri
 TASKS="${TASKS:-nano_colour}"
 PROFILE="${PROFILE:-nano}"
 K="${K:-5}"
-N_TRAIN="${N_TRAIN:-1000}"
+N_TRAIN="${N_TRAIN:-2400}"
 TEST_N="${TEST_N:-200}"
-SFT_STEPS="${SFT_STEPS:-1200}"
-CROP_STEPS="${CROP_STEPS:-300}"
+SFT_STEPS="${SFT_STEPS:-600}"
+CROP_STEPS="${CROP_STEPS:-1500}"
+CROP_BATCH="${CROP_BATCH:-32}"
+CROP_MIX="${CROP_MIX:-0.5}"
 BATCH="${BATCH:-4}"
 LR="${LR:-1.0e-3}"
 WARMUP="${WARMUP:-20}"
-RL_STEPS="${RL_STEPS:-2}"
+RL_STEPS="${RL_STEPS:-20}"
 MAX_NEW_TOKENS="${MAX_NEW_TOKENS:-96}"
-OUT="${OUT:-runs/nano}"
-mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
 DATA="$OUT/data"
 LF_DATA="$DATA/llamafactory"
 SAMPLES="$DATA/samples.jsonl"
@@ -74,7 +80,7 @@ check_stages run_nano.sh
 MARKS="$OUT/.stages"
 mkdir -p "$MARKS"
 write_settings "$OUT/settings.json" model "$MODEL" tasks "$TASKS" profile "$PROFILE" k "$K" n_train "$N_TRAIN" test_n "$TEST_N" \
-  crop_steps "$CROP_STEPS" sft_steps "$SFT_STEPS" batch "$BATCH" lr "$LR" warmup "$WARMUP" rl_steps "$RL_STEPS" threads "$THREADS" \
+  crop_steps "$CROP_STEPS" crop_batch "$CROP_BATCH" crop_mix "$CROP_MIX" sft_steps "$SFT_STEPS" batch "$BATCH" lr "$LR" warmup "$WARMUP" rl_steps "$RL_STEPS" threads "$THREADS" \
   sft_args "${SFT_ARGS:-}"
 
 START=0
@@ -119,16 +125,20 @@ fi
 
 # 3. SFT with LLaMA-Factory: one CPU process, fp32, every module trained (the recipe freezes the vision
 #    tower, right for a pretrained model only), no gradient checkpointing (it recomputes the forward pass
-#    to save memory a 1.5M-parameter model does not need). First a warm-up on the crops alone, each followed
-#    by the teacher's sentence naming it (CROP_STEPS; 0 skips it): on whole trajectories a random model
-#    learns the format but not to read the crops. Then the trajectories, from the warm-up's checkpoint.
-sft() {  # sft DATASET BASE OUTPUT_DIR STEPS
+#    to save memory a 1.5M-parameter model does not need). First a warm-up (vretrver/nano/warmup.py): each
+#    crop after the turn that asked for it, then the teacher's verdict on it (CROP_STEPS; 0 skips it): on
+#    whole trajectories a random model learns the format but neither to read the crops nor to judge them.
+#    Then the trajectories, from the warm-up's checkpoint, with warm-up rows still in the mix.
+sft() {  # sft DATASET BASE OUTPUT_DIR STEPS BATCH [KEY=VALUE ...]
   read -ra EXTRA <<< "${SFT_ARGS:-}"
-  run env NPROC_PER_NODE=0 GLOBAL_BATCH="$BATCH" PER_DEVICE_BATCH="$BATCH" RESUME=never MODEL="$2" \
-    OUTPUT_DIR="$3" DATASET="$1" bash local_scripts/run_sft.sh \
+  local dataset="$1" base="$2" out="$3" steps="$4" batch="$5"
+  shift 5
+  EXTRA=("$@" "${EXTRA[@]}")
+  run env NPROC_PER_NODE=0 GLOBAL_BATCH="$batch" PER_DEVICE_BATCH="$batch" RESUME=never MODEL="$base" \
+    OUTPUT_DIR="$out" DATASET="$dataset" bash local_scripts/run_sft.sh \
     LLaMA-Factory/configs/qwen2_5_vl_7b_full_sft.yaml "dataset_dir=$LF_DATA" deepspeed=null bf16=false \
     freeze_vision_tower=false freeze_multi_modal_projector=false disable_gradient_checkpointing=true \
-    "learning_rate=$LR" lr_scheduler_type=constant_with_warmup "warmup_steps=$WARMUP" "max_steps=$4" \
+    "learning_rate=$LR" lr_scheduler_type=constant_with_warmup "warmup_steps=$WARMUP" "max_steps=$steps" \
     save_steps=100000 logging_steps=10 plot_loss=false preprocessing_num_workers=1 dataloader_num_workers=0 \
     cutoff_len=4096 "${EXTRA[@]}"
 }
@@ -138,14 +148,24 @@ if begin crops; then
     finish crops skipped "CROP_STEPS=0"
   else
     run "$PY" -m vretrver.nano.pipeline crops --data-dir "$LF_DATA" --source nano_sft --name nano_crops
-    sft nano_crops "$MODEL" "$CROPS_OUT" "$CROP_STEPS"
+    sft nano_crops "$MODEL" "$CROPS_OUT" "$CROP_STEPS" "$CROP_BATCH"
     finish crops
   fi
 fi
 if begin sft; then
-  BASE="$MODEL"
-  [[ -e "$CROPS_OUT/config.json" ]] && BASE="$CROPS_OUT"
-  sft nano_sft "$BASE" "$SFT_OUT" "$SFT_STEPS"
+  if [[ -e "$CROPS_OUT/config.json" ]]; then
+    # From the warm-up, with its rows still in the mix (CROP_MIX of the rows drawn): without them the
+    # verdict, a token or two per turn, is forgotten while the trajectories' format is learned.
+    MIX=()
+    if [[ "$CROP_MIX" != 0 ]]; then
+      MIX=(mix_strategy=interleave_under "interleave_probs=$("$PY" -c 'import sys; m = float(sys.argv[1]); print(f"{1 - m:g},{m:g}")' "$CROP_MIX")")
+      sft nano_sft,nano_crops "$CROPS_OUT" "$SFT_OUT" "$SFT_STEPS" "$BATCH" "${MIX[@]}"
+    else
+      sft nano_sft "$CROPS_OUT" "$SFT_OUT" "$SFT_STEPS" "$BATCH"
+    fi
+  else
+    sft nano_sft "$MODEL" "$SFT_OUT" "$SFT_STEPS" "$BATCH"
+  fi
   finish sft
 fi
 
@@ -172,7 +192,7 @@ if begin rl; then
     run "$PY" -m vretrver.cli rl data build "$SAMPLES" --model "$SFT_OUT" --out "$DATA/rl/train.parquet" \
       --profile "$PROFILE" --max-tool-calls "$K" --quiet
     if [[ -z "${RL_ARGS+x}" ]]; then  # the CPU settings of run_pipeline.sh, with room for k crops
-      RL_ARGS="data.train_batch_size=2 actor_rollout_ref.rollout.n=4 actor_rollout_ref.actor.ppo_mini_batch_size=2"
+      RL_ARGS="data.train_batch_size=4 actor_rollout_ref.rollout.n=4 actor_rollout_ref.actor.ppo_mini_batch_size=4"
       RL_ARGS+=" data.max_prompt_length=1024 data.max_response_length=1536 data.dataloader_num_workers=0"
       RL_ARGS+=" data.filter_overlong_prompts_workers=1 actor_rollout_ref.rollout.agent.num_workers=1"
       RL_ARGS+=" reward.num_workers=1 actor_rollout_ref.rollout.max_num_seqs=8"

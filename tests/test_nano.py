@@ -24,6 +24,7 @@ from vretrver.nano.data import (
     query_spec,
     render,
 )
+from vretrver.nano.model import BUILDER_VERSION
 from vretrver.nano.teacher import plan_turns
 from vretrver.protocol import parse_turn
 from vretrver.tools import crop_image
@@ -179,29 +180,40 @@ def test_mark_is_lost_at_input_resolution_and_recovered_by_the_crop(nano_model: 
 # --------------------------------------------------------------------------------------------- teacher
 
 
-def test_teacher_turns_crop_every_candidate_and_name_what_they_show(nano_root: Path) -> None:
-    task = load_nano(nano_root, tasks=["nano_colour_shape"], split="test", size=3)[0]
-    sample = gallery_samples(task)[0]
-    labels = [sample.meta["detail"]["labels"][c.id] for c in sample.candidates]
-    turns = plan_turns(sample, data.tool_config(), budget=5)
-    assert len(turns) == 6
-    for j, turn in enumerate(turns[:5], 1):
-        parsed = parse_turn(turn)
-        assert parsed.kind == "tool_call" and parsed.well_formed
-        assert parsed.tool_call.arguments == {"bbox_2d": [36, 12, 40, 16], "target_image": j}
-        assert turn.startswith(f"<think>Looking for {sample.meta['detail']['target']}.")
-        if j > 1:
-            assert f"Candidate {j - 1}: {labels[j - 2]}." in turn
-    final = parse_turn(turns[-1])
-    assert final.kind == "answer" and final.answer[0] == sample.positive_numbers()[0]
-    assert sorted(final.answer) == [1, 2, 3, 4, 5]
-    listed = ", ".join(f"{j} {lab}" for j, lab in enumerate(labels, 1))
-    assert f"Marks: {listed}." in turns[-1]
-    # With a smaller budget it ranks only on what it saw: unseen candidates before seen mismatches.
-    short = plan_turns(sample, data.tool_config(), budget=2)
-    answer = parse_turn(short[-1]).answer
-    pos = sample.positive_numbers()[0]
-    assert len(short) == 3 and answer[0] == (pos if pos <= 2 else 3)
+def test_teacher_judges_every_crop_and_carries_the_match_to_the_answer(nano_root: Path) -> None:
+    task = load_nano(nano_root, tasks=["nano_colour_shape"], split="test", size=12)[0]
+    seen_positions = set()
+    for sample in gallery_samples(task):
+        target = sample.meta["detail"]["target"]
+        labels = [sample.meta["detail"]["labels"][c.id] for c in sample.candidates]
+        pos = sample.positive_numbers()[0]
+        seen_positions.add(pos)
+        turns = plan_turns(sample, data.tool_config(), budget=5)
+        assert len(turns) == 6  # a crop of every candidate, then the answer
+        for j, turn in enumerate(turns, 1):
+            assert turn.startswith(f"<think>Looking for {target}.")
+            if j > 1:  # each turn names the previous crop, judges it, and carries the match found so far
+                verdict = "Match" if j - 1 == pos else "No"
+                found = f" Found {pos}." if j - 1 >= pos else ""
+                assert f"Looking for {target}. Candidate {j - 1}: {labels[j - 2]}. {verdict}.{found}" in turn
+            parsed = parse_turn(turn)
+            if j <= 5:
+                assert parsed.kind == "tool_call" and parsed.well_formed
+                assert parsed.tool_call.arguments == {"bbox_2d": [36, 12, 40, 16], "target_image": j}
+        final = parse_turn(turns[-1])
+        # The match, then the candidates after it, then those before it.
+        assert final.kind == "answer" and final.answer == [pos, *range(pos + 1, 6), *range(1, pos)]
+        # With a smaller budget it ranks only on what it saw: unseen candidates before seen mismatches.
+        short = plan_turns(sample, data.tool_config(), budget=2)
+        assert len(short) == 3 and short[:2] == turns[:2]
+        answer = parse_turn(short[-1]).answer
+        if pos > 2:
+            assert answer == [3, 4, 5, 1, 2] and "No match seen." in short[-1]
+        else:
+            assert answer[0] == pos
+        none = parse_turn(plan_turns(sample, data.tool_config(), budget=0)[-1])
+        assert none.kind == "answer" and none.answer == [1, 2, 3, 4, 5]
+    assert len(seen_positions) > 2
 
 
 def test_teacher_trajectories_pass_the_real_episode_and_show_the_mark(nano_root: Path, tmp_path) -> None:
@@ -284,7 +296,7 @@ def test_model_folder_loads_and_generates(nano_model: Path, nano_root: Path) -> 
 
     info = json.loads((nano_model / "vretrver_nano.json").read_text())
     config = json.loads((nano_model / "config.json").read_text())
-    assert info["builder_version"] == 1 and info["parameters"] < 3_000_000
+    assert info["builder_version"] == BUILDER_VERSION and info["parameters"] < 3_000_000
     assert config["model_type"] == "qwen2_5_vl"
     assert config["text_config"]["hidden_size"] == 128 and config["text_config"]["num_hidden_layers"] == 4
     assert config["vision_config"]["depth"] == 2 and config["vision_config"]["hidden_size"] == 64

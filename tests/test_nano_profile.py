@@ -82,12 +82,12 @@ def test_nano_trajectories_export_with_the_short_prompt(nano_root: Path, tmp_pat
         assert len(row["images"]) == 10
 
 
-def test_crop_rows_pair_each_crop_with_the_sentence_naming_it(nano_root: Path, tmp_path: Path) -> None:
+def test_crop_rows_pair_each_crop_with_the_opening_of_the_next_turn(nano_root: Path, tmp_path: Path) -> None:
     from vretrver.integrations.llamafactory import ExportConfig, export_llamafactory
     from vretrver.nano.warmup import write_crop_dataset
     from vretrver.samples import write_samples
 
-    samples = gallery_samples(load_nano(nano_root, tasks=["nano_colour"], split="test", size=2)[0])
+    samples = gallery_samples(load_nano(nano_root, tasks=["nano_colour"], split="test", size=4)[0])
     write_samples(tmp_path / "samples.jsonl", samples)
     synthesize_nano(tmp_path / "samples.jsonl", tmp_path / "teacher", max_tool_calls=5)
     export_llamafactory(tmp_path / "teacher", tmp_path / "lf", ExportConfig(name="nano_sft"), progress=False)
@@ -97,11 +97,19 @@ def test_crop_rows_pair_each_crop_with_the_sentence_naming_it(nano_root: Path, t
     trajectories = json.loads((tmp_path / "lf" / "nano_sft.json").read_text())
     crops = json.loads((tmp_path / "lf" / "nano_crops.json").read_text())
     for i, (row, sample) in enumerate(zip(trajectories, samples)):
+        target = sample.meta["detail"]["target"]
         labels = [sample.meta["detail"]["labels"][c.id] for c in sample.candidates]
         mine = crops[5 * i : 5 * i + 5]
-        # The crops of the trajectory, in order (its images after the k of the first turn), each named.
+        # The crops of the trajectory, in order (its images after the k of the first turn), each named
+        # with the query restated and the verdict.
         assert [r["images"] for r in mine] == [[p] for p in row["images"][5:]]
         assert [r["conversations"][1]["value"] for r in mine] == [
-            f"Candidate {j}: {lab}." for j, lab in enumerate(labels, 1)
+            f"<think>Looking for {target}. Candidate {j}: {lab}. {'Match' if lab == target else 'No'}."
+            for j, lab in enumerate(labels, 1)
         ]
-        assert all(r["conversations"][0] == {"from": "human", "value": "<image>"} for r in mine)
+        # Before each crop, the turn that asked for it: the query restated, the earlier crops named.
+        asked = [t["value"] for t in row["conversations"] if t["from"] == "gpt"][:5]
+        assert [r["conversations"][0] for r in mine] == [
+            {"from": "human", "value": f"{a}\n<image>"} for a in asked
+        ]
+        assert all(f'target_image": {j}}}' in a for j, a in enumerate(asked, 1))

@@ -47,7 +47,7 @@ from vretrver.tools import ToolConfig
 VERSION = 1  # bump when the images or queries change, so cached files are not reused
 TASKS = ("nano_colour", "nano_colour_shape")
 SPLITS = ("test", "train")  # the first is the default
-DEFAULT_SIZES = {"train": 2000, "test": 200}  # queries per task and split
+DEFAULT_SIZES = {"train": 10000, "test": 200}  # queries per task and split
 DEFAULT_K = 5
 METRIC = "R@1"  # each query ranks its own k candidates: R@k would always be 1
 
@@ -278,7 +278,7 @@ def load_nano(
     k: int = DEFAULT_K,
     size: int | None = None,
 ) -> list[TaskData]:
-    """Generate (or reuse) the nano tasks: ``size`` queries per task (default 2000 train, 200 test),
+    """Generate (or reuse) the nano tasks: ``size`` queries per task (default 10000 train, 200 test),
     the first ``limit`` of them if given, each with its own gallery of ``k`` images."""
     if split not in SPLITS:
         raise ValueError(f"nano splits are {SPLITS}, got {split!r}")

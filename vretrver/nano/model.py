@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vretrver.nano.data import INPUT_SIDE
 
-BUILDER_VERSION = 1  # bump whenever the built checkpoint changes
+BUILDER_VERSION = 2  # bump whenever the built checkpoint changes
 MARKER_FILE = "vretrver_nano.json"
 NAME = "qwen2_5_vl-nano"
 # Qwen2.5-VL's vision settings: patch 14, 2 x 2 merge (a merged token covers 28 x 28 pixels), CLIP's

@@ -1,14 +1,21 @@
 """A rule-based teacher for samples that say where their detail is (``meta["detail"]``, see :mod:`.data`).
 
-It behaves like a reader who zooms into each candidate's detail in turn and names what it sees, then
-ranks: every turn's reasoning is justified by what the crops so far have shown, never by the answer key.
+It behaves like a reader who zooms into the candidates' details one after the other and judges each
+crop against the query as it comes: every turn's reasoning is justified by what the crops so far have
+shown, never by the answer key.
 
 * turn j (j = 1 .. n, n = min(K, tool budget)): crop candidate j at the detail's box; the reasoning says
-  what the query asks for ("Looking for red.") and, from the second turn on, names what the previous
-  crop showed ("Candidate 1: red.");
-* the final turn names the last crop, lists every mark seen ("Marks: 1 red, 2 green, ...") and the
-  mark the query asks for, and answers: the candidates seen to match, then the candidates not seen (in
-  order), then those seen not to match.
+  what the query asks for ("Looking for red.") and, from the second turn on, names the previous crop and
+  gives the verdict ("Candidate 1: orange. No."), then the first match so far ("Found 2."), if any;
+* the final turn does the same for the last crop and answers: the match found, then the candidates after
+  it, then those before it; with no match seen ("No match seen."), the candidates not seen come first.
+
+Every step is local: the verdict compares the colour just named with the one restated a few tokens
+before, "Found j" is copied from the verdict or from the turn before, the answer opens with it. The
+teacher does not stop at the match: the turn at which a match is seen would then tell its position, and
+a small model learns that prior (stop at candidate 4) instead of the comparison. A teacher that lists
+every mark and looks the match up in that list at the end asks for an induction-style look-up that the
+nano model did not learn in our runs (see the README).
 
 With a budget of at least K tool calls the positive always comes first. A sample without
 ``meta["detail"]`` gets the generic oracle's trajectory (:class:`~vretrver.engines.oracle.OracleEngine`),
@@ -62,27 +69,35 @@ def plan_turns(sample: Sample, cfg: ToolConfig, budget: int, slots: list[Any] | 
     labels, target = detail["labels"], detail["target"]
     slots = sample.image_paths() if slots is None else slots
     k = len(sample.candidates)
-    seen = [labels[c.id] for c in sample.candidates[: max(0, min(k, budget))]]
-    n = len(seen)
-    turns = []
+    budget = max(0, min(k, budget))
+    if budget == 0:
+        return [
+            "<think>The marks are too small to read without zooming.</think>\n<answer>"
+            f"{json.dumps(list(range(1, k + 1)))}</answer>"
+        ]
+    seen = [labels[c.id] for c in sample.candidates]
     # Every turn restates what the query asks for: a small model copies it from the turn before more
     # easily than from the user turn hundreds of tokens back.
     asks = f"Looking for {target}."
-    for j in range(1, n + 1):
-        think = f"{asks} Zoom into the mark of candidate {j}."
-        if j > 1:
-            think = f"{asks} Candidate {j - 1}: {seen[j - 2]}. Zoom into the mark of candidate {j}."
-        box = box_in_model_units(detail["box"], _size(slots[j]), cfg)
-        turns.append(_call(think, {"bbox_2d": box, "target_image": j}))
-    matches = [j for j in range(1, n + 1) if seen[j - 1] == target]
-    others = [j for j in range(1, n + 1) if seen[j - 1] != target]
-    ranking = matches + list(range(n + 1, k + 1)) + others
-    if n:
-        listed = ", ".join(f"{j} {lab}" for j, lab in enumerate(seen, 1))
-        verdict = f"match {matches[0]}." if matches else "no match seen."
-        think = f"{asks} Candidate {n}: {seen[-1]}. Marks: {listed}. The query asks for {target}: {verdict}"
+    turns, found = [], None
+    for j in range(1, budget + 2):
+        think = asks
+        if j > 1:  # the verdict on the previous crop, and the match found so far
+            verdict = "Match" if seen[j - 2] == target else "No"
+            found = found or (j - 1 if verdict == "Match" else None)
+            think += f" Candidate {j - 1}: {seen[j - 2]}. {verdict}."
+            if found:
+                think += f" Found {found}."
+        if j <= budget:
+            box = box_in_model_units(detail["box"], _size(slots[j]), cfg)
+            turns.append(
+                _call(f"{think} Zoom into the mark of candidate {j}.", {"bbox_2d": box, "target_image": j})
+            )
+    if found:
+        ranking = [found, *range(found + 1, k + 1), *range(1, found)]
     else:
-        think = "The marks are too small to read without zooming."
+        think += " No match seen."
+        ranking = [*range(budget + 1, k + 1), *range(1, budget + 1)]
     turns.append(f"<think>{think}</think>\n<answer>{json.dumps(ranking)}</answer>")
     return turns
 

@@ -1,11 +1,16 @@
-"""Warm-up rows for the nano model: each crop of the exported trajectories alone, then the sentence the
-teacher wrote about it ("Candidate 3: red.").
+"""Warm-up rows for the nano model: the turn that asked for a crop, the crop, then the opening the teacher
+wrote after it: the query restated, the crop named and the verdict
+("<think>Looking for red. Candidate 3: orange. No.").
 
-A random model trained on whole trajectories learns their format long before it learns to read a crop:
-the one colour name per crop is a few tokens among hundreds it can already predict. On these short rows
-the same model names the crops within a few hundred steps; the trajectory SFT then starts from a vision
-path that already tells the colours apart. The rows are read from the exported LLaMA-Factory dataset, so
-they show the very crops (and the teacher's words) of the trajectories, and nothing else.
+A random model trained on whole trajectories learns their format long before it learns to read a crop
+or to judge it: the colour name and the verdict are a few tokens among hundreds it can already predict.
+On these short rows (about 8x more rows a second) the same model names the crops and learns the verdict
+within a few hundred steps of 32 rows. The turn before the crop is there because in a trajectory the
+verdict must look past the colours named earlier: a warm-up on the crop and the query alone taught a
+comparison that held on its own rows (200 / 200) and failed inside trajectories. The trajectory SFT then
+starts from this checkpoint and keeps drawing these rows (``CROP_MIX`` in ``run_nano.sh``), or the
+verdict is forgotten while the trajectories' format is learned. The rows are read from the exported
+LLaMA-Factory dataset, so they show the very crops (and the teacher's words) of the trajectories.
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from typing import Any
 
 from vretrver.samples import atomic_write_text
 
-# The teacher's reasoning opens with what the previous crop showed (see vretrver.nano.teacher).
-_NAMED = re.compile(r"^<think>(?:Looking for [^.]+\. )?(Candidate \d+: [^.]+\.)")
+# The teacher's turn after a crop opens with the query, the crop's colour and the verdict
+# (see vretrver.nano.teacher).
+_NAMED = re.compile(r"^(<think>(?:Looking for [^.]+\. )?Candidate \d+: [^.]+\.(?: No\.| Match\.)?)")
 
 
 def crop_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per tool result of the sharegpt ``rows``: the crop as the user turn, the teacher's sentence
-    naming it as the answer. A crop whose next turn names nothing is left out."""
+    """One row per tool result of the sharegpt ``rows``: the turn that asked for the crop, then the crop,
+    as the user turn; the opening of the teacher's next turn (up to its verdict) as the answer. A crop
+    whose next turn names nothing is left out."""
     out = []
     for row in rows:
         turns, images = row["conversations"], row["images"]
@@ -34,11 +41,14 @@ def crop_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             if turn["from"] == "observation" and n == 1 and i + 1 < len(turns):
                 named = _NAMED.match(turns[i + 1]["value"])
                 if named:
+                    # The turn that asked for the crop comes first: it restates the query and names the
+                    # earlier crops, the distractors the verdict must look past.
+                    before = turns[i - 1]["value"] if turns[i - 1]["from"] == "gpt" else ""
                     out.append(
                         {
                             "id": f"{row['id']}#crop{len(out)}",
                             "conversations": [
-                                {"from": "human", "value": "<image>"},
+                                {"from": "human", "value": f"{before}\n<image>"},
                                 {"from": "gpt", "value": named.group(1)},
                             ],
                             "images": [images[seen]],
