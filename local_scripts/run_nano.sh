@@ -7,7 +7,7 @@
 # step and the benchmark's checks. Numbers are on a synthetic benchmark.
 #
 #   bash local_scripts/run_nano.sh
-#   N_TRAIN=400 CROP_STEPS=400 SFT_STEPS=150 TEST_N=20 RL_STEPS=0 OUT=/tmp/nano bash local_scripts/run_nano.sh   # the CI setting
+#   N_TRAIN=800 CROP_STEPS=1000 SFT_STEPS=300 TEST_N=40 RL_STEPS=0 bash local_scripts/run_nano.sh   # the small run of the tests
 #
 # Stages: samples (nano train queries, their k-image galleries, hash first stage) -> teacher (NanoTeacher
 # trajectories: a crop of every candidate's mark, each named and judged against the query; exported for
