@@ -387,21 +387,3 @@ def tiny_model_path(family: str, cache_root: str | Path | None = None) -> Path:
     root = Path(cache_root).expanduser() if cache_root is not None else default_cache_root()
     final = root / "tiny-models" / f"{family}-v{BUILDER_VERSION}"
     return cached_build(final, lambda tmp: build_tiny_model(tmp, family=family), MARKER_FILE)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
-        # Left by something other than this builder (renames are atomic): set it aside and rebuild.
-        stale = Path(tempfile.mkdtemp(prefix=f".stale-{final.name}-", dir=final.parent))
-        os.replace(final, stale / final.name)
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".building-{final.name}-", dir=final.parent))
-    try:
-        build_tiny_model(tmp, family=family)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            # Another process finished first; use its copy.
-            if not (final / MARKER_FILE).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
