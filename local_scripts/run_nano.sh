@@ -153,19 +153,19 @@ if begin crops; then
   fi
 fi
 if begin sft; then
+  # From the warm-up when there is one, with its rows still in the mix (CROP_MIX of the rows drawn):
+  # without them the verdict, a token or two per turn, is forgotten while the trajectories' format is learned.
+  BASE="$MODEL"
+  DATASETS=nano_sft
+  MIX=()
   if [[ -e "$CROPS_OUT/config.json" ]]; then
-    # From the warm-up, with its rows still in the mix (CROP_MIX of the rows drawn): without them the
-    # verdict, a token or two per turn, is forgotten while the trajectories' format is learned.
-    MIX=()
+    BASE="$CROPS_OUT"
     if [[ "$CROP_MIX" != 0 ]]; then
+      DATASETS=nano_sft,nano_crops
       MIX=(mix_strategy=interleave_under "interleave_probs=$("$PY" -c 'import sys; m = float(sys.argv[1]); print(f"{1 - m:g},{m:g}")' "$CROP_MIX")")
-      sft nano_sft,nano_crops "$CROPS_OUT" "$SFT_OUT" "$SFT_STEPS" "$BATCH" "${MIX[@]}"
-    else
-      sft nano_sft "$CROPS_OUT" "$SFT_OUT" "$SFT_STEPS" "$BATCH"
     fi
-  else
-    sft nano_sft "$MODEL" "$SFT_OUT" "$SFT_STEPS" "$BATCH"
   fi
+  sft "$DATASETS" "$BASE" "$SFT_OUT" "$SFT_STEPS" "$BATCH" "${MIX[@]}"
   finish sft
 fi
 

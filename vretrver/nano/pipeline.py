@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from vretrver.samples import atomic_write_text
+from vretrver.sft.pipeline import MARKERS, read_json, rl_steps
 
 NOTE = (
     "Synthetic benchmark (V-Retrver-nano): generated images whose deciding mark is lost at the nano model's "
@@ -59,13 +60,6 @@ def synthesize_nano(
     return synthesize(samples, teacher, out, cfg)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def _sft_log(folder: Path) -> dict[str, Any] | None:
     """Loss at the first and last logged steps and the training time, from LLaMA-Factory's trainer log."""
     path = folder / "trainer_log.jsonl"
@@ -75,7 +69,7 @@ def _sft_log(folder: Path) -> dict[str, Any] | None:
     losses = [r for r in rows if "loss" in r]
     if not losses:
         return None
-    results = _read_json(folder / "train_results.json") or {}
+    results = read_json(folder / "train_results.json") or {}
     runtime = results.get("train_runtime")
     steps = losses[-1].get("current_steps")
     return {
@@ -90,7 +84,7 @@ def _sft_log(folder: Path) -> dict[str, Any] | None:
 def _evaluation(folder: Path) -> dict[str, Any] | None:
     from vretrver.sft.pipeline import turn_rates
 
-    summary = _read_json(folder / "summary.json")
+    summary = read_json(folder / "summary.json")
     if summary is None:
         return None
     out: dict[str, Any] = {"tasks": {}}
@@ -118,15 +112,13 @@ def _r1(evaluation: dict[str, Any] | None, key: str = "reranked_R@1") -> float |
 
 def collect(out: str | os.PathLike) -> dict[str, Any]:
     """Everything ``summary.json`` reports, read from the run folder."""
-    from vretrver.sft.pipeline import rl_steps
-
     out = Path(out)
     stages = {}
-    for marker in sorted((out / ".stages").glob("*.json")):
-        stages[marker.stem] = _read_json(marker)
-    summary: dict[str, Any] = {"note": NOTE, "settings": _read_json(out / "settings.json") or {}}
+    for marker in sorted((out / MARKERS).glob("*.json")):
+        stages[marker.stem] = read_json(marker)
+    summary: dict[str, Any] = {"note": NOTE, "settings": read_json(out / "settings.json") or {}}
     summary["stages"] = stages
-    teacher = _read_json(out / "data" / "teacher" / "stats.json")
+    teacher = read_json(out / "data" / "teacher" / "stats.json")
     if teacher:
         summary["teacher"] = {
             "kept": teacher["all"]["kept"],

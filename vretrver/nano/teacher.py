@@ -25,6 +25,7 @@ whose matching, labelling and seeding this class inherits.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from PIL import Image
@@ -32,6 +33,10 @@ from PIL import Image
 from vretrver.engines.oracle import OracleEngine
 from vretrver.samples import Sample
 from vretrver.tools import ToolConfig, smart_resize
+
+# How a turn after a crop opens: the query restated, the crop named, the verdict (what plan_turns writes);
+# the crop warm-up (vretrver.nano.warmup) trains on this opening alone.
+OPENING = re.compile(r"^(<think>(?:Looking for [^.]+\. )?Candidate \d+: [^.]+\.(?: No\.| Match\.)?)")
 
 
 def box_in_model_units(box: list[int], size: tuple[int, int], cfg: ToolConfig) -> list[int]:

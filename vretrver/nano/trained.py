@@ -8,7 +8,6 @@ the demo evaluates it with.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -73,16 +72,11 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     )
 
 
-def _mark(out: Path, stage: str) -> dict | None:
-    try:
-        return json.loads((out / ".stages" / f"{stage}.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def is_trained(out: Path) -> bool:
     """The run's final checkpoint exists: sft marked done and rl marked done or skipped."""
-    sft, rl = _mark(out, "sft"), _mark(out, "rl")
+    from vretrver.sft.pipeline import stage_mark
+
+    sft, rl = stage_mark(out, "sft"), stage_mark(out, "rl")
     return bool(sft and sft.get("status") == "done" and rl and rl.get("status") in ("done", "skipped"))
 
 

@@ -17,15 +17,11 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any
 
+from vretrver.nano.teacher import OPENING
 from vretrver.samples import atomic_write_text
-
-# The teacher's turn after a crop opens with the query, the crop's colour and the verdict
-# (see vretrver.nano.teacher).
-_NAMED = re.compile(r"^(<think>(?:Looking for [^.]+\. )?Candidate \d+: [^.]+\.(?: No\.| Match\.)?)")
 
 
 def crop_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -39,7 +35,7 @@ def crop_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for i, turn in enumerate(turns):
             n = turn["value"].count("<image>")
             if turn["from"] == "observation" and n == 1 and i + 1 < len(turns):
-                named = _NAMED.match(turns[i + 1]["value"])
+                named = OPENING.match(turns[i + 1]["value"])
                 if named:
                     # The turn that asked for the crop comes first: it restates the query and names the
                     # earlier crops, the distractors the verdict must look past.

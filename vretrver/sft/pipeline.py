@@ -104,11 +104,17 @@ def rl_steps(rollouts: str | os.PathLike) -> list[dict[str, float]]:
     return out
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> Any:
+    """The JSON in ``path``; None when it is missing or damaged (a run folder is read while it grows)."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def stage_mark(out: Path, stage: str) -> dict[str, Any] | None:
+    """What a run script wrote when ``stage`` finished (``OUT/.stages/<stage>.json``), or None."""
+    return read_json(out / MARKERS / f"{stage}.json")
 
 
 def collect(out: str | os.PathLike) -> dict[str, Any]:
@@ -116,11 +122,11 @@ def collect(out: str | os.PathLike) -> dict[str, Any]:
     out = Path(out)
     stages = {}
     for name in STAGES:
-        marker = _read_json(out / MARKERS / f"{name}.json")
+        marker = stage_mark(out, name)
         stages[name] = marker or {"status": "not run"}
-    settings = _read_json(out / "settings.json") or {}
+    settings = read_json(out / "settings.json") or {}
     summary: dict[str, Any] = {"settings": settings, "stages": stages}
-    teacher = _read_json(out / "data" / "teacher" / "stats.json")
+    teacher = read_json(out / "data" / "teacher" / "stats.json")
     if teacher:
         summary["teacher"] = {
             "acceptance_rate": teacher["all"]["acceptance_rate"],
@@ -132,7 +138,7 @@ def collect(out: str | os.PathLike) -> dict[str, Any]:
         folder = out / probe / "trajectories"
         if folder.is_dir():
             summary[probe] = turn_rates([folder])
-    rft = _read_json(out / "data" / "rft" / "stats.json")
+    rft = read_json(out / "data" / "rft" / "stats.json")
     if rft:
         summary["rft_data"] = {
             "acceptance_rate": rft["all"]["acceptance_rate"],
@@ -144,7 +150,7 @@ def collect(out: str | os.PathLike) -> dict[str, Any]:
     steps = rl_steps(out / "rl" / "rollouts")
     if steps:
         summary["rl"] = {"steps": steps}
-    evaluation = _read_json(out / "eval" / "summary.json")
+    evaluation = read_json(out / "eval" / "summary.json")
     if evaluation is not None:
         md = out / "eval" / "summary.md"
         summary["eval"] = {"summary": evaluation, "table": md.read_text() if md.is_file() else ""}
