@@ -47,3 +47,14 @@ def test_summary_reports_r1_and_the_checks(tmp_path: Path) -> None:
     checks = collect(tmp_path)["checks"]
     assert checks["checkpoint"] == "rl" and checks["rl_mean_reward_rising"]
     assert not checks["R@1_with_tools_at_least_0.8"] and not checks["tools_disabled_at_least_0.1_lower"]
+
+
+def test_rl_reward_rising_compares_the_halves_not_two_steps(tmp_path: Path) -> None:
+    _eval(tmp_path / "eval_rl_tools", 0.2, 0.9)
+    _eval(tmp_path / "eval_rl_no_tools", 0.2, 0.2)
+    rollouts = tmp_path / "rl" / "rollouts"
+    rollouts.mkdir(parents=True)
+    # The last step beats the first, but the second half's mean (0.25) is below the first half's (0.5).
+    for step, score in enumerate((0.1, 0.9, 0.2, 0.3), 1):
+        (rollouts / f"{step}.jsonl").write_text(json.dumps({"score": score}) + "\n")
+    assert collect(tmp_path)["checks"]["rl_mean_reward_rising"] is False
