@@ -63,3 +63,30 @@ def sample_photos() -> dict[str, Path]:
     if missing:
         pytest.fail(f"scikit-image is installed but its wheel lacks sample photos: {missing}")
     return photos
+
+
+# ---------------------------------------------------------------------------------------------------
+# The README's long runs (tests marked `chain`): started when the session's first test runs, read last
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tests that read the README's long runs go last, so the rest of the suite runs beside them."""
+    items[:] = [i for i in items if not i.get_closest_marker("chain")] + [
+        i for i in items if i.get_closest_marker("chain")
+    ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def readme_long_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """:class:`readme_runs.LongRuns`, started in the background when a selected test reads them; else None."""
+    if not any(item.get_closest_marker("chain") for item in request.session.items):
+        yield None
+        return
+    from readme_runs import LongRuns
+
+    runs = LongRuns(tmp_path_factory.mktemp)
+    runs.start()
+    yield runs
+    runs.stop()

@@ -13,6 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
+from readme_runs import (
+    RL_ENV,
+    LongRuns,
+    chain_env,
+    readme_chain_commands,
+    start_readme_run,
+    wait_run,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 LF = ROOT / "LLaMA-Factory" / "configs"
@@ -152,11 +160,22 @@ def test_rl_steps_average_the_reward_terms_of_each_dumped_step(tmp_path):
     from vretrver.sft.pipeline import rl_steps
 
     for step, scores in ((1, [0.0, 1.0]), (2, [1.0, 1.0]), (10, [2.0, 0.0])):
-        rows = [{"score": x, "format": 1.0, "rank": x / 2, "tool": 0.0, "output": "..."} for x in scores]
+        rows = [
+            {"score": x, "format": 1.0, "rank": x / 2, "tool": 0.0, "n_valid_calls": 2 + x, "output": "..."}
+            for x in scores
+        ]
         (tmp_path / f"{step}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     steps = rl_steps(tmp_path)
     assert [s["step"] for s in steps] == [1, 2, 10]  # numeric order, not text order
-    assert steps[0] == {"step": 1, "rollouts": 2, "score": 0.5, "format": 1.0, "rank": 0.25, "tool": 0.0}
+    assert steps[0] == {
+        "step": 1,
+        "rollouts": 2,
+        "score": 0.5,
+        "format": 1.0,
+        "rank": 0.25,
+        "tool": 0.0,
+        "n_valid_calls": 2.5,
+    }
 
 
 def test_run_pipeline_selects_stages_skips_rl_without_an_environment_and_resumes(tmp_path, tiny_qwen25vl):
@@ -224,87 +243,11 @@ def _marker(out: Path, stage: str) -> dict:
     return json.loads((out / ".stages" / f"{stage}.json").read_text())
 
 
-def readme_chain_commands() -> list[str]:
-    """The `run_pipeline.sh` command lines of the README's block of chain commands (the lines a user copies)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = text.split("<!-- the chain commands, run by tests/test_pipeline.py -->", 1)[1].split("```", 2)[1]
-    return [line for line in block.splitlines() if "local_scripts/run_pipeline.sh" in line]
-
-
-def _chain_env(cwd: Path) -> dict[str, str]:
-    # Only what says where things are differs from a user's shell: the script's path, offline model hub.
-    own = {"MODEL", "CONFIG", "OUTPUT_DIR", "DATASET", "OUT", "STAGES", "SKIP", "TRAIN_ARGS", "RL_ARGS"}
-    own |= {"RL_PYTHON", "SFT_STEPS", "RFT_K", "RFT_TEMPERATURE", "LR", "GLOBAL_BATCH", "PER_DEVICE_BATCH"}
-    own |= {"FAMILY", "RETRIEVER", "N_SAMPLES", "K", "PROBE_N", "RFT_STEPS", "RL_STEPS", "PYTHON"}
-    own |= {
-        "N_TRAIN",
-        "TEST_N",
-        "CROP_STEPS",
-        "CROP_BATCH",
-        "CROP_MIX",
-        "BATCH",
-        "WARMUP",
-        "THREADS",
-        "TASKS",
-    }
-    own |= {"PROFILE", "MAX_NEW_TOKENS", "SFT_ARGS"}
-    env = {k: v for k, v in os.environ.items() if k not in own}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(cwd / "hf_datasets"), WANDB_MODE="disabled")
-    return env
-
-
-def _readme_chain(cwd: Path, command: str, **env: str) -> subprocess.Popen:
-    """Start one README chain command as written, from ``cwd`` (its run folder: ``cwd/runs/pipeline``)."""
-    cwd.mkdir(parents=True, exist_ok=True)
-    line = command.replace("bash local_scripts/", f"bash {ROOT}/local_scripts/")
-    with open(cwd / "chain.log", "w") as log:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            ["bash", "-c", line],
-            env={**_chain_env(cwd), **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=cwd,
-        )
-
-
-def _wait(proc: subprocess.Popen, cwd: Path, timeout: int = 3600) -> tuple[int, str]:
-    try:
-        code = proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        code = proc.wait()
-    return code, (cwd / "chain.log").read_text(errors="replace")
-
-
-RL_ENV = ROOT / ".venv-rl-cpu" / "bin" / "python"
-
-
-def readme_nano_command() -> str:
-    """The README's small V-Retrver-nano run (the line under its marker)."""
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    block = text.split("<!-- the nano CI setting, run by tests/test_pipeline.py -->", 1)[1].split("```", 2)[1]
-    [line] = [line for line in block.splitlines() if "local_scripts/run_nano.sh" in line]
-    return line
-
-
 @pytest.fixture(scope="module")
-def chains(tmp_path_factory) -> dict[int | str, tuple[Path, str, int, str]]:
-    """The README's long runs on two lanes, one thread each (the machine has two cores): the every-stage
-    chain on one; the Qwen3-VL chain, then the small nano run, on the other (the Qwen3-VL chain ends
-    minutes before the other, so the nano run costs no extra time). The chains need the RL environment;
-    without it only the nano run starts."""
-    runs: dict[int | str, tuple[Path, str, subprocess.Popen]] = {}
-
-    def start(which: int | str, command: str) -> None:
-        cwd = tmp_path_factory.mktemp(f"chain{which}")
-        runs[which] = (cwd, command, _readme_chain(cwd, command, OMP_NUM_THREADS="1"))
-
-    if RL_ENV.exists():
-        for which, command in enumerate(readme_chain_commands()):
-            start(which, command)
-        runs[1][2].wait(timeout=3600)
-    start("nano", readme_nano_command())
-    return {which: (cwd, command, *_wait(proc, cwd)) for which, (cwd, command, proc) in runs.items()}
+def chains(readme_long_runs: LongRuns | None) -> LongRuns:
+    """The README's long runs, started in the background when the session began (see readme_runs.py)."""
+    assert readme_long_runs is not None  # started whenever a chain test is selected
+    return readme_long_runs
 
 
 def test_the_readme_shows_the_chain_for_both_families():
@@ -322,7 +265,7 @@ def test_the_readme_shows_the_chain_for_both_families():
 )
 @pytest.mark.parametrize("which", [0, 1], ids=["qwen2_5_vl-every-stage", "qwen3_vl-through-sft"])
 def test_run_pipeline_chains_the_stages_on_tuxpaint_with_a_tiny_model(chains, which):
-    cwd, command, code, log = chains[which]
+    cwd, command, code, log = chains.result(which)
     family = "qwen3_vl" if "FAMILY=qwen3_vl" in command else "qwen2_5_vl"
     stages = which == 1
     out = cwd / "runs" / "pipeline"
@@ -388,7 +331,7 @@ def test_run_pipeline_chains_the_stages_on_tuxpaint_with_a_tiny_model(chains, wh
     assert "Evaluation of the final checkpoint" in md
 
     # A second run finds every stage finished and only rewrites the summary.
-    code, log = _wait(_readme_chain(cwd, command), cwd)
+    code, log = wait_run(start_readme_run(cwd, command), cwd)
     assert code == 0, log[-3000:]
     assert log.count("done before, skipped") == 9
 
@@ -400,7 +343,7 @@ def test_run_nano_small_setting_learns_to_zoom_and_beats_chance(chains):
     warm-up and SFT through LLaMA-Factory teach the protocol, reading each crop and judging it against the
     query, so R@1 on nano_colour's test queries is far above chance (0.2) and above the first stage; with
     a tool budget of 0 the first tool call ends the episode and the first stage's order stands."""
-    cwd, command, code, log = chains["nano"]
+    cwd, command, code, log = chains.result("nano")
     out = cwd / "runs" / "nano"
     assert code == 0, log[-10000:]
     summary = json.loads((out / "summary.json").read_text())
@@ -413,7 +356,7 @@ def test_run_nano_small_setting_learns_to_zoom_and_beats_chance(chains):
     assert no_tools["answered_rate"] == 0
     r1 = summary["R@1"]
     assert r1["sft_without_tools"] == r1["first_stage"]
-    # 10 of 20 right: a chance of 0.3 % for a ranker that guesses (k = 5).
+    # 20 of 40 right: a chance of 0.002 % for a ranker that guesses (k = 5).
     assert r1["sft_with_tools"] >= 0.5 and r1["sft_with_tools"] > r1["first_stage"]
     # It got there by zooming: each crop's colour named right.
     named = right = 0
@@ -458,7 +401,7 @@ def test_gpu_sft_check_runs_the_recipe_with_deepspeed_on_one_gpu_mocked_gpu(tmp_
     bin_dir.mkdir()
     (bin_dir / "nvidia-smi").write_text("#!/bin/sh\necho 'GPU 0: stand-in (UUID: GPU-0)'\n")
     (bin_dir / "nvidia-smi").chmod(0o755)
-    env = {k: v for k, v in _chain_env(tmp_path).items() if k not in ("CUDA_VISIBLE_DEVICES", "DRY_RUN")}
+    env = {k: v for k, v in chain_env(tmp_path).items() if k not in ("CUDA_VISIBLE_DEVICES", "DRY_RUN")}
     env.update(
         PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", PYTHON=sys.executable, MODEL=str(tiny_qwen25vl),
         DRY_RUN="1", STAGES="samples teacher sft", SFT_STEPS="7",

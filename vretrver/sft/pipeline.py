@@ -81,10 +81,11 @@ def turn_rates(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
 
 
 REWARD_TERMS = ("score", "format", "rank", "tool")  # the EAPO reward and its terms (vretrver.reward)
+CALLS = "n_valid_calls"  # valid tool calls a rollout made (the dump holds it beside the reward terms)
 
 
 def rl_steps(rollouts: str | os.PathLike) -> list[dict[str, float]]:
-    """Per RL step, the mean reward and its terms over the step's rollouts.
+    """Per RL step, the mean reward, its terms and the valid tool calls over the step's rollouts.
 
     Read from verl's rollout dump (``trainer.rollout_data_dir``): one ``<step>.jsonl`` per step, one line
     per rollout holding the score and the reward's extra terms."""
@@ -96,7 +97,7 @@ def rl_steps(rollouts: str | os.PathLike) -> list[dict[str, float]]:
             continue
         rows = list(_records([f]))
         row: dict[str, float] = {"step": int(f.stem), "rollouts": len(rows)}
-        for key in REWARD_TERMS:
+        for key in (*REWARD_TERMS, CALLS):
             values = [float(r[key]) for r in rows if isinstance(r.get(key), (int, float))]
             if values:
                 row[key] = round(sum(values) / len(values), 4)
