@@ -7,7 +7,7 @@
 # step and the benchmark's checks. Numbers are on a synthetic benchmark.
 #
 #   bash local_scripts/run_nano.sh
-#   N_TRAIN=800 CROP_STEPS=1000 SFT_STEPS=300 TEST_N=40 RL_STEPS=0 bash local_scripts/run_nano.sh   # the small run of the tests
+#   STOP_SHARE=0 N_TRAIN=800 CROP_STEPS=1000 SFT_STEPS=300 TEST_N=40 RL_STEPS=0 bash local_scripts/run_nano.sh   # the tests
 #
 # Stages: samples (nano train queries, their k-image galleries, hash first stage) -> teacher (NanoTeacher
 # trajectories: a crop of every candidate's mark, each named and judged against the query; exported for
@@ -23,6 +23,8 @@
 #               the v-retrver tools and turns with a short system prompt; the v-retrver profile's tool
 #               schemas and instructions would make most of a small model's context)
 #   N_TRAIN     training queries (default 2400); TEST_N evaluation queries per task (default 200, the test split)
+#   STOP_SHARE  share of the teacher's trajectories that answer at the match instead of cropping every
+#               candidate (default 0.3): SFT leaves both endings possible, RL picks by the reward
 #   CROP_STEPS  warm-up steps on the crops (1500; 0 skips the warm-up), CROP_BATCH rows a step (32), CROP_MIX
 #               the share of warm-up rows drawn during SFT (0.5; 0 for the trajectories alone)
 #   SFT_STEPS   optimiser steps (600); BATCH per step (4); LR (1e-3) held constant after WARMUP steps (20):
@@ -57,6 +59,7 @@ TASKS="${TASKS:-nano_colour}"
 PROFILE="${PROFILE:-nano}"
 K="${K:-5}"
 N_TRAIN="${N_TRAIN:-2400}"
+STOP_SHARE="${STOP_SHARE:-0.3}"
 TEST_N="${TEST_N:-200}"
 SFT_STEPS="${SFT_STEPS:-600}"
 CROP_STEPS="${CROP_STEPS:-1500}"
@@ -79,7 +82,7 @@ check_stages run_nano.sh
 
 MARKS="$OUT/.stages"
 mkdir -p "$MARKS"
-write_settings "$OUT/settings.json" model "$MODEL" tasks "$TASKS" profile "$PROFILE" k "$K" n_train "$N_TRAIN" test_n "$TEST_N" \
+write_settings "$OUT/settings.json" model "$MODEL" tasks "$TASKS" profile "$PROFILE" k "$K" n_train "$N_TRAIN" stop_share "$STOP_SHARE" test_n "$TEST_N" \
   crop_steps "$CROP_STEPS" crop_batch "$CROP_BATCH" crop_mix "$CROP_MIX" sft_steps "$SFT_STEPS" batch "$BATCH" lr "$LR" warmup "$WARMUP" rl_steps "$RL_STEPS" threads "$THREADS" \
   sft_args "${SFT_ARGS:-}"
 
@@ -117,7 +120,7 @@ fi
 if begin teacher; then
   rm -rf "$DATA/teacher" "$LF_DATA"
   run "$PY" -m vretrver.nano.pipeline synthesize --samples "$SAMPLES" --out "$DATA/teacher" --max-tool-calls "$K" \
-    --profile "$PROFILE"
+    --profile "$PROFILE" --stop-share "$STOP_SHARE"
   run "$PY" -m vretrver.cli data export --records "$DATA/teacher" --data-dir "$LF_DATA" --name nano_sft \
     --model "$MODEL" --profile "$PROFILE"
   finish teacher
@@ -205,6 +208,13 @@ if begin rl; then
       RL_ARGS+=" actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096 trainer.test_freq=-1"
       RL_ARGS+=" trainer.save_freq=$RL_STEPS"
       RL_ARGS+=" actor_rollout_ref.actor.optim.lr=1e-4 actor_rollout_ref.actor.optim.lr_warmup_steps=0"
+      # fp32 as in the SFT stage: the recipe's bf16 actor weights (the release's setting for the 7B model)
+      # round away updates of this size, and bf16 sampling moved some token probabilities of the nano
+      # model by up to 0.65 from the actor's.
+      RL_ARGS+=" actor_rollout_ref.actor.fsdp_config.model_dtype=fp32 actor_rollout_ref.rollout.dtype=float32"
+      for part in param_dtype reduce_dtype buffer_dtype; do
+        RL_ARGS+=" ++actor_rollout_ref.actor.fsdp_config.mixed_precision.$part=fp32"
+      done
       export RAY_memory_monitor_refresh_ms=0
     fi
     read -ra RLX <<< "${RL_ARGS:-}"

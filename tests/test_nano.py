@@ -216,28 +216,59 @@ def test_teacher_judges_every_crop_and_carries_the_match_to_the_answer(nano_root
     assert len(seen_positions) > 2
 
 
+def test_teacher_that_stops_at_the_match_answers_in_the_turn_that_says_found(nano_root: Path) -> None:
+    from vretrver.nano.teacher import stops_at_match
+
+    task = load_nano(nano_root, tasks=["nano_colour"], split="test", size=40)[0]
+    samples = gallery_samples(task)
+    for sample in samples:
+        pos = sample.positive_numbers()[0]
+        full = plan_turns(sample, data.tool_config(), budget=5)
+        short = plan_turns(sample, data.tool_config(), budget=5, stop_at_match=True)
+        # The same crops up to the match; the next turn judges it and answers instead of cropping on.
+        assert short[:pos] == full[:pos] and len(short) == pos + 1
+        final = parse_turn(short[-1])
+        assert final.kind == "answer" and final.well_formed
+        assert final.answer == parse_turn(full[-1]).answer == [pos, *range(pos + 1, 6), *range(1, pos)]
+        assert short[-1].split("</think>")[0].endswith(f"Match. Found {pos}.")
+    # The share is a fixed draw per sample: none, all, and about the share asked for.
+    assert not any(stops_at_match(s, 0.0) for s in samples) and all(stops_at_match(s, 1.0) for s in samples)
+    drawn = [stops_at_match(s, 0.3) for s in samples]
+    assert drawn == [stops_at_match(s, 0.3) for s in samples] and 4 <= sum(drawn) <= 20
+
+
 def test_teacher_trajectories_pass_the_real_episode_and_show_the_mark(nano_root: Path, tmp_path) -> None:
-    from vretrver.nano.teacher import NanoTeacher
+    from vretrver.nano.teacher import NanoTeacher, stops_at_match
     from vretrver.sft import SynthesisConfig, read_records, synthesize
 
     samples = [s for t in load_nano(nano_root, split="test", size=3) for s in gallery_samples(t)]
     teacher = NanoTeacher(
-        samples=samples, profile="v-retrver", max_tool_calls=5, tool_config=data.tool_config()
+        samples=samples,
+        profile="v-retrver",
+        max_tool_calls=5,
+        tool_config=data.tool_config(),
+        stop_share=0.5,
     )
     cfg = SynthesisConfig(profile="v-retrver", attempts=1, max_tool_calls=5)
     stats = synthesize(samples, teacher, tmp_path, cfg, progress=False)
     assert stats["all"]["kept"] == len(samples)
     by_id = {s.id: s for s in samples}
+    crops = []
     for rec in read_records(tmp_path / "trajectories.jsonl"):
         sample = by_id[rec["sample_id"]]
         traj = rec["trajectory"]
-        assert traj["answer"][0] == sample.positive_numbers()[0]
+        pos = sample.positive_numbers()[0]
+        assert traj["answer"][0] == pos
         tools = [t for t in traj["turns"] if t["role"] == "tool"]
-        assert len(tools) == 5 and all(t["tool"]["valid"] for t in tools)
+        crops.append(len(tools))
+        assert len(tools) == (pos if stops_at_match(sample, 0.5) else 5) and all(
+            t["tool"]["valid"] for t in tools
+        )
         x1, y1, x2, y2 = MARK_BOX
         for t in tools:  # the crop that came back holds the whole mark
             bx1, by1, bx2, by2 = t["tool"]["box"]
             assert bx1 <= x1 and by1 <= y1 and bx2 >= x2 and by2 >= y2
+    assert 5 in crops and min(crops) < 5  # both endings among the samples
 
 
 # --------------------------------------------------------------------------------------------- tokenizer

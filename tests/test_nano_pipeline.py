@@ -58,3 +58,20 @@ def test_rl_reward_rising_compares_the_halves_not_two_steps(tmp_path: Path) -> N
     for step, score in enumerate((0.1, 0.9, 0.2, 0.3), 1):
         (rollouts / f"{step}.jsonl").write_text(json.dumps({"score": score}) + "\n")
     assert collect(tmp_path)["checks"]["rl_mean_reward_rising"] is False
+
+
+def test_summary_counts_the_crops_each_checkpoint_asks_for(tmp_path: Path) -> None:
+    """RL under the EAPO reward (0.1 less per valid call beyond the first) should ask for fewer crops: the
+    summary reports valid tool calls per query for each evaluation."""
+    for name, crops in (("eval_tools", [5, 5]), ("eval_rl_tools", [1, 3])):
+        _eval(tmp_path / name, 0.2, 0.9, n=2)
+        (tmp_path / name / "trajectories").mkdir()
+        episodes = [
+            {"turns": [{"role": "tool", "tool": {"valid": True}}] * n + [{"role": "tool", "tool": {}}]}
+            for n in crops
+        ]
+        lines = "".join(json.dumps(e) + "\n" for e in episodes)
+        (tmp_path / name / "trajectories" / "nano_colour.jsonl").write_text(lines)
+    evals = collect(tmp_path)["eval"]
+    assert evals["sft_with_tools"]["crops_per_query"] == 5.0
+    assert evals["rl_with_tools"]["crops_per_query"] == 2.0  # the invalid call is not a crop

@@ -150,6 +150,7 @@ def test_turn_rates_count_well_formed_turns_and_tool_calls(tmp_path):
         "tool_call_turn_rate": 0.5,
         "valid_tool_call_rate": 0.25,
         "answered_rate": 0.5,
+        "valid_calls_per_episode": 0.5,
     }
     # Synthesis records hold the same under "trajectory".
     (tmp_path / "r.jsonl").write_text(json.dumps({"trajectory": episodes[0]}) + "\n")

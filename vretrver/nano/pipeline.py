@@ -1,6 +1,7 @@
 """The steps of ``local_scripts/run_nano.sh`` that have no command of their own, and its summary.
 
     python -m vretrver.nano.pipeline synthesize --samples S --out DIR [--max-tool-calls K] [--profile P]
+            [--stop-share F]
         NanoTeacher trajectories for nano samples (from ``vretrver data samples --benchmark nano``),
         through the same synthesis, filter and record files as ``vretrver data synthesize``
     python -m vretrver.nano.pipeline crops --data-dir LF_DATA [--source nano_sft] [--name nano_crops]
@@ -43,10 +44,14 @@ EVALS = {
 
 
 def synthesize_nano(
-    samples_path: str | os.PathLike, out: str | os.PathLike, max_tool_calls: int, profile: str = NANO_PROFILE
+    samples_path: str | os.PathLike,
+    out: str | os.PathLike,
+    max_tool_calls: int,
+    profile: str = NANO_PROFILE,
+    stop_share: float = 0.0,
 ) -> dict:
     """NanoTeacher trajectories (one per sample) written like ``vretrver data synthesize`` writes them,
-    rendered (and later exported) with ``profile``."""
+    rendered (and later exported) with ``profile``; ``stop_share`` of them answer at the match."""
     from vretrver.nano.data import tool_config
     from vretrver.nano.teacher import NanoTeacher
     from vretrver.samples import read_samples
@@ -54,7 +59,11 @@ def synthesize_nano(
 
     samples = read_samples(samples_path)
     teacher = NanoTeacher(
-        samples=samples, profile=profile, max_tool_calls=max_tool_calls, tool_config=tool_config()
+        samples=samples,
+        profile=profile,
+        max_tool_calls=max_tool_calls,
+        tool_config=tool_config(),
+        stop_share=stop_share,
     )
     cfg = SynthesisConfig(profile=profile, attempts=1, max_tool_calls=max_tool_calls)
     return synthesize(samples, teacher, out, cfg)
@@ -98,6 +107,7 @@ def _evaluation(folder: Path) -> dict[str, Any] | None:
         rates = turn_rates([folder / "trajectories"])
         out["well_formed_turn_rate"] = rates.get("well_formed_turn_rate")
         out["answered_rate"] = rates.get("answered_rate")
+        out["crops_per_query"] = rates.get("valid_calls_per_episode")
     return out
 
 
@@ -177,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--max-tool-calls", type=int, default=5, help="crops per episode (at least k)")
     p.add_argument("--profile", default=NANO_PROFILE, help=f"prompt profile (default: {NANO_PROFILE})")
+    p.add_argument(
+        "--stop-share",
+        type=float,
+        default=0.0,
+        help="share of the samples whose trajectory answers at the match instead of cropping every candidate",
+    )
     p = sub.add_parser("crops", help="warm-up rows: each crop of the exported trajectories, then its name")
     p.add_argument("--data-dir", required=True, help="the LLaMA-Factory dataset folder of the export")
     p.add_argument("--source", default="nano_sft", help="the trajectories' dataset (default: nano_sft)")
@@ -185,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     ns = parser.parse_args(argv)
     if ns.command == "synthesize":
-        stats = synthesize_nano(ns.samples, ns.out, ns.max_tool_calls, ns.profile)
+        stats = synthesize_nano(ns.samples, ns.out, ns.max_tool_calls, ns.profile, ns.stop_share)
         print(f"kept {stats['all']['kept']} trajectories -> {ns.out}")
     elif ns.command == "crops":
         from vretrver.nano.warmup import write_crop_dataset

@@ -11,9 +11,12 @@ shown, never by the answer key.
   it, then those before it; with no match seen ("No match seen."), the candidates not seen come first.
 
 Every step is local: the verdict compares the colour just named with the one restated a few tokens
-before, "Found j" is copied from the verdict or from the turn before, the answer opens with it. The
-teacher does not stop at the match: the turn at which a match is seen would then tell its position, and
-a small model learns that prior (stop at candidate 4) instead of the comparison. A teacher that lists
+before, "Found j" is copied from the verdict or from the turn before, the answer opens with it. By
+default the teacher does not stop at the match: if every trajectory did, the turn at which a match is
+seen would tell its position, and a small model learns that prior (stop at candidate 4) instead of the
+comparison. ``stop_share`` of the samples (drawn from the sample's id) answer right after "Found j."
+instead: SFT then leaves both endings possible after a match, and RL can prefer the shorter one, which
+the EAPO reward's tool term pays for (0.1 less per valid call beyond the first). A teacher that lists
 every mark and looks the match up in that list at the end asks for an induction-style look-up that the
 nano model did not learn in our runs (see the README).
 
@@ -24,6 +27,7 @@ whose matching, labelling and seeding this class inherits.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -65,10 +69,17 @@ def _size(image: Any) -> tuple[int, int]:
         return im.size
 
 
-def plan_turns(sample: Sample, cfg: ToolConfig, budget: int, slots: list[Any] | None = None) -> list[str]:
+def plan_turns(
+    sample: Sample,
+    cfg: ToolConfig,
+    budget: int,
+    slots: list[Any] | None = None,
+    stop_at_match: bool = False,
+) -> list[str]:
     """The assistant turns for ``sample`` (which must carry ``meta["detail"]``), ``budget`` tool calls.
 
     ``slots``: the image of each tool index (default: the sample's own, candidate k at index k).
+    ``stop_at_match``: answer in the turn that first says "Found j." instead of cropping the rest.
     """
     detail = sample.meta["detail"]
     labels, target = detail["labels"], detail["target"]
@@ -93,6 +104,8 @@ def plan_turns(sample: Sample, cfg: ToolConfig, budget: int, slots: list[Any] | 
             think += f" Candidate {j - 1}: {seen[j - 2]}. {verdict}."
             if found:
                 think += f" Found {found}."
+                if stop_at_match:
+                    break
         if j <= budget:
             box = box_in_model_units(detail["box"], _size(slots[j]), cfg)
             turns.append(
@@ -107,11 +120,27 @@ def plan_turns(sample: Sample, cfg: ToolConfig, budget: int, slots: list[Any] | 
     return turns
 
 
+def stops_at_match(sample: Sample, share: float) -> bool:
+    """Whether ``sample`` is one of the ``share`` whose trajectory answers at the match: a fixed draw from
+    the sample's task and id, so a rerun, another process or another machine picks the same samples."""
+    digest = hashlib.sha256(f"{sample.task}|{sample.id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
 class NanoTeacher(OracleEngine):
-    """``OracleEngine`` whose trajectories zoom into the detail of every candidate (see the module)."""
+    """``OracleEngine`` whose trajectories zoom into the detail of every candidate, or of the candidates
+    up to the match in ``stop_share`` of the samples (see the module)."""
+
+    def __init__(self, *args: Any, stop_share: float = 0.0, **kwargs: Any):
+        if not 0.0 <= stop_share <= 1.0:
+            raise ValueError(f"stop_share must be between 0 and 1, not {stop_share}")
+        super().__init__(*args, **kwargs)
+        self.stop_share = stop_share
 
     def plan(self, sample: Sample, attempt_seed: int | None = None) -> list[str]:
         if "detail" not in sample.meta:
             return super().plan(sample, attempt_seed)
         slots = list(self.profile.tool_images(sample.image_paths()))
-        return plan_turns(sample, self.tool_config.for_profile(self.profile), self.max_tool_calls, slots)
+        cfg = self.tool_config.for_profile(self.profile)
+        stop = stops_at_match(sample, self.stop_share)
+        return plan_turns(sample, cfg, self.max_tool_calls, slots, stop_at_match=stop)

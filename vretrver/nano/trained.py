@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 import vretrver
 
 # Bump when the training recipe changes, so a checkpoint trained by an older one is not reused.
-RUN_VERSION = 1
+RUN_VERSION = 2  # 2: the teacher answers at the match in a share of its trajectories; RL in fp32
 STAGES = ("samples", "teacher", "crops", "sft", "rl")
 SCRIPT = Path(vretrver.__file__).resolve().parents[1] / "local_scripts" / "run_nano.sh"
 LOG_TAIL = 20  # log lines shown when training fails

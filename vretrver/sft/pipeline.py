@@ -51,7 +51,8 @@ def turn_rates(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
 
     ``well_formed_turn_rate``: assistant turns that are exactly ``<think>`` then one tool call or answer;
     ``tool_call_turn_rate``: assistant turns that call a tool; ``valid_tool_call_rate``: tool calls the
-    tools accepted, over all assistant turns; ``answered_rate``: episodes that ended with an answer.
+    tools accepted, over all assistant turns; ``answered_rate``: episodes that ended with an answer;
+    ``valid_calls_per_episode``: tool calls the tools accepted, over the episodes.
     """
     episodes = turns = well = calls = valid = answered = 0
     for rec in _records(paths):
@@ -77,6 +78,7 @@ def turn_rates(paths: Iterable[str | os.PathLike]) -> dict[str, Any]:
         "tool_call_turn_rate": rate(calls, turns),
         "valid_tool_call_rate": rate(valid, turns),
         "answered_rate": rate(answered, episodes),
+        "valid_calls_per_episode": rate(valid, episodes),
     }
 
 
