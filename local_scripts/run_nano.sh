@@ -194,27 +194,8 @@ if begin rl; then
     rm -rf "$RL_OUT" && mkdir -p "$RL_OUT"
     run "$PY" -m vretrver.cli rl data build "$SAMPLES" --model "$SFT_OUT" --out "$DATA/rl/train.parquet" \
       --profile "$PROFILE" --max-tool-calls "$K" --quiet
-    if [[ -z "${RL_ARGS+x}" ]]; then  # the CPU settings of run_pipeline.sh, with room for k crops
-      RL_ARGS="data.train_batch_size=4 actor_rollout_ref.rollout.n=4 actor_rollout_ref.actor.ppo_mini_batch_size=4"
-      RL_ARGS+=" data.max_prompt_length=1024 data.max_response_length=1536 data.dataloader_num_workers=0"
-      # The nano prompts are about 150 tokens; checking each of N_TRAIN rendered prompts against the limit
-      # took minutes of the stage.
-      RL_ARGS+=" data.filter_overlong_prompts=False"
-      RL_ARGS+=" data.filter_overlong_prompts_workers=1 actor_rollout_ref.rollout.agent.num_workers=1"
-      RL_ARGS+=" reward.num_workers=1 actor_rollout_ref.rollout.max_num_seqs=8"
-      RL_ARGS+=" actor_rollout_ref.rollout.max_num_batched_tokens=8192"
-      RL_ARGS+=" actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes=128"
-      RL_ARGS+=" transfer_queue.backend.SimpleStorage.num_data_storage_units=1"
-      RL_ARGS+=" actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096 trainer.test_freq=-1"
-      RL_ARGS+=" trainer.save_freq=$RL_STEPS"
-      RL_ARGS+=" actor_rollout_ref.actor.optim.lr=1e-4 actor_rollout_ref.actor.optim.lr_warmup_steps=0"
-      # fp32 as in the SFT stage: the recipe's bf16 actor weights (the release's setting for the 7B model)
-      # round away updates of this size, and bf16 sampling moved some token probabilities of the nano
-      # model by up to 0.65 from the actor's.
-      RL_ARGS+=" actor_rollout_ref.actor.fsdp_config.model_dtype=fp32 actor_rollout_ref.rollout.dtype=float32"
-      for part in param_dtype reduce_dtype buffer_dtype; do
-        RL_ARGS+=" ++actor_rollout_ref.actor.fsdp_config.mixed_precision.$part=fp32"
-      done
+    if [[ -z "${RL_ARGS+x}" ]]; then  # the CPU settings of run_pipeline.sh, with room for k crops, fp32
+      RL_ARGS="$("$PY" -m vretrver.nano.pipeline rl-args --steps "$RL_STEPS")"
       export RAY_memory_monitor_refresh_ms=0
     fi
     read -ra RLX <<< "${RL_ARGS:-}"

@@ -75,3 +75,36 @@ def test_summary_counts_the_crops_each_checkpoint_asks_for(tmp_path: Path) -> No
     evals = collect(tmp_path)["eval"]
     assert evals["sft_with_tools"]["crops_per_query"] == 5.0
     assert evals["rl_with_tools"]["crops_per_query"] == 2.0  # the invalid call is not a crop
+
+
+def test_rl_stage_trains_the_actor_and_samples_in_fp32() -> None:
+    """run_nano.sh's RL settings (``rl-args``) on top of the recipe, composed and validated as verl does: the
+    actor's weights, its forward pass and vLLM's sampling in fp32 (the recipe keeps the release's bf16
+    actor, right for the 7B model; in bf16 the nano model's updates of lr 1e-4 are rounded away)."""
+    from hydra import compose, initialize_config_dir
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    from vretrver.nano.pipeline import rl_args
+
+    configs = Path(__file__).resolve().parent.parent / "EasyR1" / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base=None):
+        recipe = compose(config_name="qwen2_5_vl_7b_rl")
+        cfg = compose(config_name="qwen2_5_vl_7b_rl", overrides=rl_args(20))
+    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    assert recipe.actor_rollout_ref.actor.fsdp_config.model_dtype == "bfloat16"
+    fsdp = cfg.actor_rollout_ref.actor.fsdp_config
+    assert fsdp.model_dtype == "fp32" and cfg.actor_rollout_ref.rollout.dtype == "float32"
+    assert dict(fsdp.mixed_precision) == {
+        "param_dtype": "fp32",
+        "reduce_dtype": "fp32",
+        "buffer_dtype": "fp32",
+    }
+    assert cfg.trainer.save_freq == 20 and cfg.actor_rollout_ref.actor.optim.lr == 1e-4
+
+
+def test_rl_args_command_prints_the_overrides_on_one_line(capsys) -> None:
+    from vretrver.nano.pipeline import main, rl_args
+
+    assert main(["rl-args", "--steps", "7"]) == 0
+    assert capsys.readouterr().out.split() == rl_args(7)

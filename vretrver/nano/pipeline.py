@@ -7,6 +7,8 @@
     python -m vretrver.nano.pipeline crops --data-dir LF_DATA [--source nano_sft] [--name nano_crops]
         warm-up rows: each crop of the exported trajectories alone, then the teacher's sentence naming it
         (:mod:`vretrver.nano.warmup`), registered beside the trajectories' dataset
+    python -m vretrver.nano.pipeline rl-args --steps N
+        the verl overrides of the RL stage when ``RL_ARGS`` is not set (:func:`rl_args`)
     python -m vretrver.nano.pipeline summary OUT
         OUT/summary.json: settings, stage times, the loss of the warm-up on crops and of the SFT, R@1 of the first stage, of the reranker with
         tools and with tools disabled (and of the RL checkpoint), the RL reward per step, and the checks
@@ -67,6 +69,41 @@ def synthesize_nano(
     )
     cfg = SynthesisConfig(profile=profile, attempts=1, max_tool_calls=max_tool_calls)
     return synthesize(samples, teacher, out, cfg)
+
+
+def rl_args(steps: int) -> list[str]:
+    """The verl overrides ``run_nano.sh`` trains with when ``RL_ARGS`` is not set: the CPU settings of
+    ``run_pipeline.sh`` with room for k crops, 4 prompts x 4 rollouts a step, the actor's learning rate."""
+    args = [
+        "data.train_batch_size=4",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+        "data.max_prompt_length=1024",
+        "data.max_response_length=1536",
+        "data.dataloader_num_workers=0",
+        # The nano prompts are about 150 tokens; checking each rendered prompt against the limit took
+        # minutes of the stage.
+        "data.filter_overlong_prompts=False",
+        "data.filter_overlong_prompts_workers=1",
+        "actor_rollout_ref.rollout.agent.num_workers=1",
+        "reward.num_workers=1",
+        "actor_rollout_ref.rollout.max_num_seqs=8",
+        "actor_rollout_ref.rollout.max_num_batched_tokens=8192",
+        "actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes=128",
+        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096",
+        "trainer.test_freq=-1",
+        f"trainer.save_freq={steps}",
+        "actor_rollout_ref.actor.optim.lr=1e-4",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
+        # fp32 as in the SFT stage: the recipe's bf16 actor weights (the release's setting for the 7B model)
+        # round updates of this size away, and bf16 sampling moved some of the nano model's token
+        # probabilities by up to 0.65 from the actor's (0.004 in fp32).
+        "actor_rollout_ref.actor.fsdp_config.model_dtype=fp32",
+        "actor_rollout_ref.rollout.dtype=float32",
+    ]
+    mixed = ("param_dtype", "reduce_dtype", "buffer_dtype")
+    return args + [f"++actor_rollout_ref.actor.fsdp_config.mixed_precision.{k}=fp32" for k in mixed]
 
 
 def _sft_log(folder: Path) -> dict[str, Any] | None:
@@ -197,12 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", required=True, help="the LLaMA-Factory dataset folder of the export")
     p.add_argument("--source", default="nano_sft", help="the trajectories' dataset (default: nano_sft)")
     p.add_argument("--name", default="nano_crops", help="the warm-up dataset (default: nano_crops)")
+    p = sub.add_parser("rl-args", help="the verl overrides of the RL stage, on one line")
+    p.add_argument("--steps", type=int, required=True, help="RL steps (a checkpoint at the last)")
     p = sub.add_parser("summary", help="write OUT/summary.json")
     p.add_argument("out")
     ns = parser.parse_args(argv)
     if ns.command == "synthesize":
         stats = synthesize_nano(ns.samples, ns.out, ns.max_tool_calls, ns.profile, ns.stop_share)
         print(f"kept {stats['all']['kept']} trajectories -> {ns.out}")
+    elif ns.command == "rl-args":
+        print(" ".join(rl_args(ns.steps)))
     elif ns.command == "crops":
         from vretrver.nano.warmup import write_crop_dataset
 
