@@ -98,6 +98,7 @@ class LongRuns:
         self._runs: dict[int | str, tuple[Path, str, subprocess.Popen]] = {}
         self._errors: dict[int | str, BaseException] = {}
         self._started: dict[int | str, threading.Event] = {}
+        self._dirs: dict[int | str, Path] = {}
 
     def start(self) -> None:
         lanes: list[list[tuple[int | str, str]]] = [[], []]
@@ -108,13 +109,15 @@ class LongRuns:
         for lane in lanes:
             for which, _ in lane:
                 self._started[which] = threading.Event()
+                # Folders made here, not in the lanes: pytest's temporary folders are not thread-safe.
+                self._dirs[which] = self._make_dir(f"chain{which}")
         for lane in lanes:
             threading.Thread(target=self._run_lane, args=(lane,), daemon=True).start()
 
     def _run_lane(self, lane: list[tuple[int | str, str]]) -> None:
         for which, command in lane:
             try:
-                cwd = self._make_dir(f"chain{which}")
+                cwd = self._dirs[which]
                 self._runs[which] = (cwd, command, start_readme_run(cwd, command, OMP_NUM_THREADS="1"))
             except BaseException as exc:  # reported by result(), not lost in the thread
                 self._errors[which] = exc
