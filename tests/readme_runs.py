@@ -12,6 +12,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -87,27 +88,50 @@ def wait_run(proc: subprocess.Popen, cwd: Path, timeout: int = 3600) -> tuple[in
 
 
 class LongRuns:
-    """The README's long runs, all started at once, one thread each: the every-stage chain (0), the
-    Qwen3-VL chain (1) and the small nano run ("nano"). Beside the rest of the suite that is more work than
-    the machine's 2 cores, but none of them waits for another, so they end close together instead of one
-    lane running alone at the end. The chains need the RL environment; without it only the nano run starts.
-    """
+    """The README's long runs on two lanes, one thread each (the machine has two cores): the every-stage
+    chain (0) on one; the Qwen3-VL chain (1), then the small nano run ("nano"), on the other (the Qwen3-VL
+    chain is the shorter). The chains need the RL environment; without it only the nano run starts.
+    A lane's next run starts from a thread of the test process when the one before it ends."""
 
     def __init__(self, make_dir: Callable[[str], Path]) -> None:
         self._make_dir = make_dir  # name -> a fresh folder
         self._runs: dict[int | str, tuple[Path, str, subprocess.Popen]] = {}
+        self._errors: dict[int | str, BaseException] = {}
+        self._started: dict[int | str, threading.Event] = {}
+        self._dirs: dict[int | str, Path] = {}
 
     def start(self) -> None:
-        commands: dict[int | str, str] = {}
+        lanes: list[list[tuple[int | str, str]]] = [[], []]
         if RL_ENV.exists():
-            commands.update(enumerate(readme_chain_commands()))
-        commands["nano"] = readme_nano_command()
-        for which, command in commands.items():
-            cwd = self._make_dir(f"chain{which}")
-            self._runs[which] = (cwd, command, start_readme_run(cwd, command, OMP_NUM_THREADS="1"))
+            for which, command in enumerate(readme_chain_commands()):
+                lanes[which].append((which, command))
+        lanes[-1].append(("nano", readme_nano_command()))
+        for lane in lanes:
+            for which, _ in lane:
+                self._started[which] = threading.Event()
+                # Folders made here, not in the lanes: pytest's temporary folders are not thread-safe.
+                self._dirs[which] = self._make_dir(f"chain{which}")
+        for lane in lanes:
+            threading.Thread(target=self._run_lane, args=(lane,), daemon=True).start()
+
+    def _run_lane(self, lane: list[tuple[int | str, str]]) -> None:
+        for which, command in lane:
+            try:
+                cwd = self._dirs[which]
+                self._runs[which] = (cwd, command, start_readme_run(cwd, command, OMP_NUM_THREADS="1"))
+            except BaseException as exc:  # reported by result(), not lost in the thread
+                self._errors[which] = exc
+            finally:
+                self._started[which].set()
+            if which in self._runs:
+                self._runs[which][2].wait()
 
     def result(self, which: int | str, timeout: int = 3600) -> tuple[Path, str, int, str]:
         """(run folder's parent, command, exit code, log) of run ``which``, once it has ended."""
+        if not self._started[which].wait(timeout=timeout):
+            raise TimeoutError(f"the README run {which!r} did not start within {timeout} s")
+        if which in self._errors:
+            raise RuntimeError(f"the README run {which!r} could not start") from self._errors[which]
         cwd, command, proc = self._runs[which]
         return (cwd, command, *wait_run(proc, cwd, timeout))
 
