@@ -10,8 +10,8 @@
 #   STOP_SHARE=0 N_TRAIN=800 CROP_STEPS=1000 SFT_STEPS=300 TEST_N=40 RL_STEPS=0 bash local_scripts/run_nano.sh   # the tests
 #
 # Stages: samples (nano train queries, their k-image galleries, hash first stage) -> teacher (NanoTeacher
-# trajectories: a crop of every candidate's mark, each named and judged against the query; exported for
-# LLaMA-Factory) -> crops (a warm-up on the crops alone) -> sft (LLaMA-Factory, the Qwen2.5-VL recipe with
+# trajectories: a crop of every candidate's mark, or of those up to the match in STOP_SHARE of them, each
+# named and judged against the query; exported for LLaMA-Factory) -> crops (a warm-up on the crops alone) -> sft (LLaMA-Factory, the Qwen2.5-VL recipe with
 # CPU settings) -> eval_tools / eval_no_tools
 # (vretrver eval --benchmark nano, tool budget k / 0) -> rl (verl on CPU, EAPO reward; when .venv-rl-cpu
 # exists and RL_STEPS > 0) -> eval_rl_tools / eval_rl_no_tools -> summary.
