@@ -27,6 +27,7 @@ import pytest
 from verl_rig import make_sample
 
 from vretrver.benchmarks.tuxpaint import DEFAULT_ROOT
+from vretrver.integrations.verl.cpu_overrides import CPU_PROCESS_OVERRIDES
 from vretrver.integrations.verl.dataset import RLDataConfig, write_rl_parquet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,14 +52,7 @@ OVERRIDES = [
     "actor_rollout_ref.actor.optim.lr_warmup_steps=0",
     "data.max_prompt_length=4096",
     "data.max_response_length=512",
-    "data.dataloader_num_workers=0",
-    "data.filter_overlong_prompts_workers=1",
-    "actor_rollout_ref.rollout.agent.num_workers=1",
-    "reward.num_workers=1",
-    "actor_rollout_ref.rollout.max_num_seqs=8",
-    "actor_rollout_ref.rollout.max_num_batched_tokens=8192",
-    "actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes=128",
-    "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
+    *CPU_PROCESS_OVERRIDES,
     # one sequence per micro-batch: the logits over Qwen's 151k-token vocabulary dominate the memory
     "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=2048",
     f"trainer.total_training_steps={STEPS}",

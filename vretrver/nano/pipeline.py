@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vretrver.integrations.verl.cpu_overrides import CPU_PROCESS_OVERRIDES
 from vretrver.samples import atomic_write_text
 from vretrver.sft.pipeline import MARKERS, read_json, rl_steps
 
@@ -72,25 +73,19 @@ def synthesize_nano(
 
 
 def rl_args(steps: int) -> list[str]:
-    """The verl overrides ``run_nano.sh`` trains with when ``RL_ARGS`` is not set: the CPU settings of
-    ``run_pipeline.sh`` with room for k crops, 4 prompts x 4 rollouts a step, the actor's learning rate."""
+    """The verl overrides ``run_nano.sh`` trains with when ``RL_ARGS`` is not set: one process on a CPU
+    (:data:`CPU_PROCESS_OVERRIDES`), room for k crops, 4 prompts x 4 rollouts a step, the actor's learning
+    rate, fp32."""
     args = [
+        *CPU_PROCESS_OVERRIDES,
         "data.train_batch_size=4",
         "actor_rollout_ref.rollout.n=4",
         "actor_rollout_ref.actor.ppo_mini_batch_size=4",
         "data.max_prompt_length=1024",
         "data.max_response_length=1536",
-        "data.dataloader_num_workers=0",
         # The nano prompts are about 150 tokens; checking each rendered prompt against the limit took
         # minutes of the stage.
         "data.filter_overlong_prompts=False",
-        "data.filter_overlong_prompts_workers=1",
-        "actor_rollout_ref.rollout.agent.num_workers=1",
-        "reward.num_workers=1",
-        "actor_rollout_ref.rollout.max_num_seqs=8",
-        "actor_rollout_ref.rollout.max_num_batched_tokens=8192",
-        "actor_rollout_ref.rollout.checkpoint_engine.update_weights_bucket_megabytes=128",
-        "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
         "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=4096",
         "trainer.test_freq=-1",
         f"trainer.save_freq={steps}",
